@@ -1,0 +1,58 @@
+"""``facedeid`` command line. Each sub-command lives in its own module with a ``register``
+function that adds its parser; :func:`main` wires them together."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import FaceDeidError
+from . import anonymize, demo, doctor, methods
+
+# Order is the order `facedeid --help` lists them in.
+COMMANDS = [anonymize, methods, demo, doctor]
+
+DESCRIPTION = """\
+Remove identity from faces in images and video, and measure what survives.
+
+The pipeline is detect -> align -> de-identify -> paste back. Every method is reached by
+name (`facedeid methods` lists them with their parameters). Nothing is downloaded: the
+detector and recognizer weights come from installed packages (`facedeid doctor` checks them).
+
+examples:
+  facedeid anonymize photo.jpg -o out/                 mosaic every face (default method)
+  facedeid anonymize album/ -o album_anon/ --method blur --param kernel_size=51
+  facedeid methods                                     list methods and parameters
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facedeid", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except FaceDeidError as error:
+        print(f"facedeid: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facedeid: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

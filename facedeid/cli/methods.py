@@ -1,0 +1,36 @@
+"""``facedeid methods``: list de-identification methods with their parameters."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("methods", help="list methods and their parameters",
+                                   description="List every registered de-identification method, "
+                                               "its parameters, defaults and ranges.")
+    parser.add_argument("name", nargs="?", help="show only this method")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..methods import available_methods, method_class
+
+    classes = {args.name: method_class(args.name)} if args.name else available_methods()
+    if args.json:
+        print(json.dumps({name: {"summary": cls.summary, "space": cls.space, "reference": cls.reference,
+                                 "params": [{"name": p.name, "type": p.type.__name__,
+                                             "default": p.default, "help": p.help, "min": p.minimum,
+                                             "max": p.maximum,
+                                             "choices": list(p.choices) if p.choices else None}
+                                            for p in cls.params]}
+                          for name, cls in classes.items()}, indent=2, default=str))
+        return 0
+    for name, cls in classes.items():
+        print(f"{name:16s} {cls.summary}")
+        if cls.reference:
+            print(f"{'':16s}   ref: {cls.reference}")
+        for param in cls.params:
+            print(f"{'':16s}   --param {param.describe()}")
+    return 0

@@ -1,0 +1,1 @@
+"""Reading and writing images (and, in submodules, datasets and video) safely."""
