@@ -1,0 +1,43 @@
+"""Shared fixtures. Data-dependent tests skip with a reason when ../shared is absent."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+requires_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f"needs the shared datasets at {SHARED_DATA} (absent on a user's machine)")
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data; skips the calling test when it does not exist."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared datasets are absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """A real portrait that ships with scikit-image: (512, 512, 3) uint8 RGB, one face."""
+    from skimage import data
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def centerface():
+    from facedeid.detection import create_detector
+    return create_detector("centerface")
+
+
+@pytest.fixture(scope="session")
+def astronaut_face(astronaut, centerface):
+    faces = centerface.detect(astronaut)
+    assert len(faces) == 1
+    return faces[0]
