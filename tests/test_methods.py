@@ -129,7 +129,7 @@ def test_cartoon_flattens_colours(run, astronaut):
 
 def test_parameters_are_validated():
     with pytest.raises(InvalidParameterError, match="block_size"):
-        create_method("mosaic", block_size=0)
+        create_method("mosaic", block_size=-1)
     with pytest.raises(InvalidParameterError, match="no parameter"):
         create_method("mosaic", blok_size=4)
     with pytest.raises(InvalidParameterError, match="expects int"):
@@ -145,3 +145,12 @@ def test_parameters_are_validated():
 def test_expand_below_one_is_refused():
     with pytest.raises(ValueError, match="untouched"):
         Anonymizer("mosaic", expand=0.8)
+
+
+def test_mosaic_blocks_grow_with_the_face(astronaut, astronaut_face):
+    big = np.kron(astronaut, np.ones((8, 8, 1), np.uint8))  # each pixel an 8x8 block already
+    face = astronaut_face.__class__(box=astronaut_face.box * 8, landmarks=astronaut_face.landmarks * 8)
+    result = Anonymizer("mosaic").anonymize(big, faces=[face])
+    inside = result.coverage == 1
+    # a fixed 8-px mosaic would change nothing here; the automatic block size must
+    assert np.abs(result.image.astype(int) - big)[inside].mean() > 10

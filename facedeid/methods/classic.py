@@ -16,6 +16,10 @@ from .base import DeidMethod, FaceContext, Param
 from .registry import register
 
 
+def _face_side(crop: FaceCrop) -> float:
+    return float(max(crop.box[2] - crop.box[0], crop.box[3] - crop.box[1], 1))
+
+
 def eye_band_polygon(landmarks: np.ndarray, height: float, extend: float) -> np.ndarray:
     """Corners of the blindfold band: a rectangle along the line through both eye centres.
 
@@ -85,13 +89,16 @@ class Mosaic(DeidMethod):
     """Eq. 2: every pixel of the face region becomes the mean of its colour block."""
 
     name = "mosaic"
-    summary = "colour blocks of block_size pixels over the face (QM-VAE Eq. 2)"
+    summary = "colour blocks over the face, block_size pixels (QM-VAE Eq. 2)"
     reference = "Qiu et al. 2022, QM-VAE §3.1, Eq. (2)"
-    params = (Param("block_size", int, 8, "side of a colour block in image pixels (paper: 8)",
-                    minimum=1, maximum=512),)
+    params = (Param("block_size", int, 0,
+                    "side of a colour block in image pixels; 0 = auto: face size / 12, at least 8 "
+                    "(8 on a CelebA face, as in the paper; a fixed 8 would leave a 4K face readable)",
+                    minimum=0, maximum=4096),)
 
     def apply(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
-        return block_means(crop.pixels, self.config["block_size"])
+        block = self.config["block_size"] or max(8, round(_face_side(crop) / 12))
+        return block_means(crop.pixels, block)
 
 
 @register
@@ -131,10 +138,6 @@ class GaussianNoise(DeidMethod):
     def apply(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
         noise = context.rng.normal(0.0, self.config["sigma"], crop.pixels.shape)
         return np.clip(crop.pixels + noise, 0, 255).round().astype(np.uint8)
-
-
-def _face_side(crop: FaceCrop) -> float:
-    return float(max(crop.box[2] - crop.box[0], crop.box[3] - crop.box[1], 1))
 
 
 @register
