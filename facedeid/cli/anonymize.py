@@ -49,7 +49,42 @@ def register(subparsers) -> None:
                      help=f"refuse larger images (default: {DEFAULT_MAX_PIXELS:,})")
     out.add_argument("--summary", metavar="FILE", help="also write the run summary as JSON here")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_video_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+def _add_video_arguments(parser) -> None:
+    from ..video.io import PRESETS
+    from ..video.pipeline import VideoOptions
+
+    d = VideoOptions()
+    video = parser.add_argument_group(
+        "video", "inputs may also be a webcam index (0) or a stream URL (rtsp://..., http://...)")
+    video.add_argument("--every", type=int, metavar="K", default=d.every,
+                       help=f"detect on every K-th frame, track in between (default: {d.every})")
+    video.add_argument("--det-scale", type=int, metavar="PX", default=d.det_scale,
+                       help=f"detect on frames scaled to this longest side; 0 = full size "
+                            f"(default: {d.det_scale})")
+    video.add_argument("--video-threshold", type=float, default=d.threshold, metavar="T",
+                       help=f"score that starts a face track (default: {d.threshold}); tracked "
+                            f"faces are kept down to {d.keep_threshold}")
+    video.add_argument("--max-gap", type=int, metavar="M", default=d.max_gap,
+                       help=f"keep a face anonymized up to M frames after the detector lost it, "
+                            f"its mask growing (default: {d.max_gap})")
+    video.add_argument("--codec", default=None,
+                       help="video encoder (default: libx264; gif for .gif outputs)")
+    video.add_argument("--crf", type=int, default=d.crf, help=f"encoder quality, lower is better "
+                       f"(default: {d.crf})")
+    video.add_argument("--preset", choices=PRESETS, default=d.preset,
+                       help=f"encoder speed preset (default: {d.preset})")
+    video.add_argument("--no-audio", action="store_true",
+                       help="drop audio (default: copy it unchanged, packet for packet)")
+    video.add_argument("--boxes-out", metavar="FILE",
+                       help="write per-frame face boxes and track ids as JSON (single video)")
+    video.add_argument("--boxes-in", metavar="FILE",
+                       help="use these per-frame boxes (the --boxes-out format) instead of detecting")
+    video.add_argument("--max-frames", type=int, metavar="N",
+                       help="stop after N frames (for webcams and streams)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,15 +92,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import Outcome, anonymize_image_file, plan_jobs, summarize
 
-    jobs, outcomes = plan_jobs(args.inputs, args.output)
-    if not jobs and not outcomes:
+    jobs, outcomes = plan_jobs(*_split_live_inputs(args))
+    if not jobs and not outcomes and not args.live_inputs:
         print("facedeid: nothing to do: no image files found in the inputs", file=sys.stderr)
         return 1
     anonymizer = build_anonymizer(args, no_face=args.no_face)
-    protected = {job.source.resolve() for job in jobs}
+    jobs = _live_jobs(args) + jobs
+    protected = {job.source.resolve() for job in jobs if isinstance(job.source, Path)}
     progress = tqdm(jobs, unit="file", disable=args.quiet or len(jobs) < 2, dynamic_ncols=True)
     for job in progress:
-        progress.set_postfix_str(job.source.name[-30:])
+        progress.set_postfix_str(Path(str(job.source)).name[-30:])
         if job.kind == "video":
             outcome = _run_video(job, anonymizer, args, protected)
         else:
@@ -83,6 +119,30 @@ def run(args: argparse.Namespace) -> int:
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2))
     return 1 if summary["failures"] else 0
+
+
+def _split_live_inputs(args) -> tuple[list[str], str]:
+    """Webcam indices and stream URLs are not files: keep them out of the file planner."""
+    from ..video.io import is_live_source
+
+    args.live_inputs = [item for item in args.inputs if is_live_source(item)]
+    return [item for item in args.inputs if item not in args.live_inputs], args.output
+
+
+def _live_jobs(args) -> list:
+    """One video job per webcam/stream; the output is OUT itself when it names a video file."""
+    from ..batch import VIDEO_SUFFIXES, Job
+
+    jobs = []
+    output = Path(args.output)
+    for index, spec in enumerate(args.live_inputs):
+        if output.suffix.lower() in VIDEO_SUFFIXES and len(args.live_inputs) == 1:
+            target = output
+        else:
+            stem = f"webcam{spec}" if spec.isdigit() else f"stream{index}"
+            target = output / f"{stem}.mp4"
+        jobs.append(Job(spec, target, "video"))  # source stays a str: a URL is no Path
+    return jobs
 
 
 def _run_video(job, anonymizer, args, protected):
