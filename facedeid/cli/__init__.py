@@ -7,10 +7,10 @@ import logging
 import sys
 
 from ..errors import FaceDeidError
-from . import anonymize, demo, doctor, methods
+from . import anonymize, demo, doctor, evaluate, methods
 
 # Order is the order `facedeid --help` lists them in.
-COMMANDS = [anonymize, methods, demo, doctor]
+COMMANDS = [anonymize, methods, demo, doctor, evaluate]
 
 DESCRIPTION = """\
 Remove identity from faces in images and video, and measure what survives.

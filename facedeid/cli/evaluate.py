@@ -1,0 +1,136 @@
+"""``facedeid evaluate``: privacy, utility and quality of one or more methods on a dataset."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_detector_arguments, add_method_arguments, detector_params, parse_params
+
+HELP = "measure privacy, utility and quality of de-identification methods on a dataset"
+DESCRIPTION = """\
+Detect faces on the ORIGINAL images, de-identify them (same pipeline as `facedeid anonymize`),
+then measure: privacy against face recognizers that know where the face is (identity distance,
+SDR, rank-1 with the originals and with other photos of the same people as gallery, TAR at FAR),
+utility through service evaluators (expression, attributes, detection) and image quality.
+Writes OUT/results.json, OUT/report.md and PNG plots.
+
+Datasets by name (looked up under --data-root, default ../shared/data): celeba-id200,
+celeba-first10k, fer2013, ckplus48, att_faces, yalefaces; or give a folder path.
+
+examples:
+  facedeid evaluate --method mosaic --dataset celeba-id200 --split test --limit 200
+  facedeid evaluate --compare blindfold mosaic "laplace:lam=0.2" "blur:kernel_size=31" \\
+      --dataset celeba-first10k --split all --limit 1000 --out eval/table2
+  facedeid evaluate --method blur --dataset ./my_faces --split all --services none
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help=HELP, description=DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_method_arguments(parser)
+    parser.set_defaults(method=None, seed=0)
+    parser.add_argument("--compare", nargs="+", metavar="SPEC", default=None,
+                        help='more methods in the same table: NAME or "NAME:k=v,k=v" '
+                             '(e.g. mosaic "blur:kernel_size=31" "laplace:lam=0.2")')
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="celeba-id200", help="dataset name or folder")
+    data.add_argument("--split", default="test",
+                      help="split to evaluate: train/valid/test/all (default: test)")
+    data.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    data.add_argument("--data-root", default=None, help="folder holding the named datasets")
+    attack = parser.add_argument_group("attacker")
+    attack.add_argument("--recognizer", action="append", default=None, metavar="NAME",
+                        help="recognizer, repeatable: dlib (default), onnx (needs --onnx-model)")
+    attack.add_argument("--onnx-model", default=None, metavar="PATH",
+                        help="ONNX face-embedding model for --recognizer onnx")
+    attack.add_argument("--onnx-input-size", type=int, default=112)
+    attack.add_argument("--onnx-threshold", type=float, default=0.6,
+                        help="cosine-distance threshold of the ONNX model (default: 0.6)")
+    attack.add_argument("--gallery-per-identity", type=int, default=10,
+                        help="linking-attack photos per person (default: 10; 0 = all)")
+    attack.add_argument("--far", type=float, action="append", default=None,
+                        help="FAR for TAR@FAR, repeatable (default: 0.01 and 0.001)")
+    attack.add_argument("--cache-dir", default=None,
+                        help="cache of original embeddings (default: ~/.cache/facedeid/embeddings)")
+    attack.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    utility = parser.add_argument_group("utility and quality")
+    utility.add_argument("--services", default="expression,attributes,detection",
+                         help="comma-separated service evaluators, or 'none'")
+    utility.add_argument("--service-crop", choices=("haar", "box"), default="haar",
+                         help="services find the face with Haar as in QM-VAE (default) or use the "
+                              "known box")
+    utility.add_argument("--fid-weights", default=None, metavar="PATH",
+                         help="TorchScript/ONNX Inception-like feature extractor for FID")
+    utility.add_argument("--lpips-weights", default=None, metavar="PATH",
+                         help="TorchScript LPIPS module (x, y) -> distance")
+    add_detector_arguments(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--out", default="evaluation", help="output folder (default: ./evaluation)")
+    out.add_argument("--samples", type=int, default=6, help="faces in the before/after grid")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+
+
+def build_specs(args: argparse.Namespace) -> list:
+    from ..evaluation.runner import MethodSpec
+
+    specs = []
+    if args.method is not None or not args.compare:
+        params = tuple(parse_params(args.param).items())
+        specs.append(MethodSpec(args.method or "mosaic", params))
+    elif args.param:
+        from ..errors import InvalidParameterError
+        raise InvalidParameterError("--param applies to --method; with --compare write "
+                                    '"NAME:key=value" specs instead')
+    specs += [MethodSpec.parse(text) for text in args.compare or []]
+    return specs
+
+
+def build_config(args: argparse.Namespace):
+    from ..evaluation.recognizers import default_cache_dir
+    from ..evaluation.runner import DEFAULT_FARS, EvalConfig
+
+    recognizers = args.recognizer or ["dlib"]
+    recognizer_params = {}
+    if "onnx" in recognizers:
+        if not args.onnx_model:
+            from ..errors import InvalidParameterError
+            raise InvalidParameterError("--recognizer onnx needs --onnx-model PATH")
+        recognizer_params["onnx"] = {"model_path": args.onnx_model,
+                                     "input_size": args.onnx_input_size,
+                                     "threshold": args.onnx_threshold}
+    services = () if args.services.strip().lower() in ("", "none") \
+        else tuple(s.strip() for s in args.services.split(",") if s.strip())
+    return EvalConfig(
+        dataset=args.dataset, split=None if args.split == "all" else args.split, limit=args.limit,
+        data_root=args.data_root, recognizers=recognizers, recognizer_params=recognizer_params,
+        services=services, service_crop=args.service_crop, detector=args.detector,
+        detector_params=detector_params(args), landmarks=args.landmarks, expand=args.expand,
+        feather=args.feather, mask_shape=args.mask_shape, seed=args.seed,
+        cache_dir=None if args.no_cache else str(args.cache_dir or default_cache_dir()),
+        gallery_per_identity=args.gallery_per_identity or None,
+        fars=tuple(args.far) if args.far else DEFAULT_FARS, fid_weights=args.fid_weights,
+        lpips_weights=args.lpips_weights, samples=args.samples, progress=not args.quiet)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.report import markdown_table, write_report
+    from ..evaluation.runner import Evaluator
+
+    specs = build_specs(args)
+    config = build_config(args)
+    results = Evaluator(config).run(specs)
+    files = write_report(results, args.out)
+    print(markdown_table(results))
+    dataset = results["dataset"]
+    print(f"\n{dataset['usable']} face(s) evaluated; {dataset['excluded_no_face']} image(s) without "
+          f"a face on the original excluded; {len(dataset['unreadable'])} unreadable")
+    for name, error in results["service_errors"].items():
+        print(f"warning: service {name} not run: {error}", file=sys.stderr)
+    failures = sum(m["failures"] for m in results["methods"])
+    if failures:
+        print(f"warning: {failures} image(s) failed in the methods (see {files['report']})",
+              file=sys.stderr)
+    print(f"report: {files['report']}\nresults: {files['results']}")
+    return 0
