@@ -1,0 +1,1 @@
+"""Evaluation harness: privacy (re-identification) and utility (services) of de-identified faces."""
