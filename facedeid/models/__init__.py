@@ -1,0 +1,1 @@
+"""Neural networks shared by methods and evaluators (ported or trained here)."""

@@ -1,0 +1,1 @@
+"""Training scripts for the small checkpoints shipped in facedeid/checkpoints/."""
