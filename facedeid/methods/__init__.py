@@ -13,6 +13,8 @@ from .registry import available_methods, create_method, method_class, register
 
 # Built-in methods register themselves on import (one module per method family).
 from . import classic, cartoon  # noqa: E402,F401
+from . import ksame  # noqa: E402,F401
+from . import dp_obfuscation  # noqa: E402,F401
 
 __all__ = ["DeidMethod", "FaceContext", "Param", "available_methods", "create_method",
            "method_class", "register"]
