@@ -237,8 +237,13 @@ class VideoSink:
             # 4:2:0 needs even sides; 4:4:4 keeps odd sizes exact instead of cropping a pixel.
             stream.pix_fmt = "yuv444p"
             log.info("odd frame size %dx%d: encoding yuv444p", info.width, info.height)
+        supported = [f.name for f in (stream.codec_context.codec.video_formats or [])]
+        if supported and stream.pix_fmt not in supported:
+            # e.g. libx264rgb (lossless RGB): take the encoder's own, preferring RGB ones
+            stream.pix_fmt = next((f for f in ("rgb24", "yuv444p", "yuv420p") if f in supported),
+                                  supported[0])
         options = {}
-        if codec in ("libx264", "libx265"):
+        if codec in ("libx264", "libx265", "libx264rgb"):
             options = {"crf": str(crf), "preset": preset}
         elif codec.startswith("libvpx"):
             options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
