@@ -242,6 +242,15 @@ register_recognizer("dlib", DlibRecognizer, "dlib 128-D ResNet (Euclidean, thres
 register_recognizer("onnx", OnnxRecognizer, "any ONNX embedding model given by path")
 
 
+def _surrogate_recognizer(**kwargs) -> FaceRecognizer:  # lazy: keeps torch out of plain imports
+    from ..models.surrogate_recognizer import SurrogateFaceRecognizer
+    return SurrogateFaceRecognizer(**kwargs)
+
+
+register_recognizer("surrogate", _surrogate_recognizer,
+                    "PyTorch CosFace CNN trained on celeba-id200 train ids (cosine)")
+
+
 # -- cache of original embeddings --------------------------------------------------------------
 def default_cache_dir() -> Path:
     """``$FACEDEID_CACHE`` or ``~/.cache/facedeid`` (``embeddings/`` below it)."""
