@@ -7,10 +7,10 @@ import logging
 import sys
 
 from ..errors import FaceDeidError
-from . import anonymize, demo, doctor, evaluate, methods
+from . import anonymize, demo, doctor, evaluate, methods, train
 
 # Order is the order `facedeid --help` lists them in.
-COMMANDS = [anonymize, methods, demo, doctor, evaluate]
+COMMANDS = [anonymize, methods, demo, doctor, evaluate, train]
 
 DESCRIPTION = """\
 Remove identity from faces in images and video, and measure what survives.

@@ -16,6 +16,7 @@ from . import classic, cartoon  # noqa: E402,F401
 from . import ksame  # noqa: E402,F401
 from . import dp_obfuscation  # noqa: E402,F401
 from . import identity_cloak  # noqa: E402,F401
+from . import qmvae  # noqa: E402,F401
 
 __all__ = ["DeidMethod", "FaceContext", "Param", "available_methods", "create_method",
            "method_class", "register"]

@@ -1,0 +1,131 @@
+"""``facedeid train``: train the small learned models shipped in facedeid/checkpoints/.
+
+Each trainer is a sub-command of ``train`` (``facedeid train qmvae ...``); add another by
+writing a ``_register_NAME(trainers)`` function and calling it from :func:`register`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import InvalidParameterError
+
+HELP = "train a learned de-identification model (qmvae)"
+
+QMVAE_DESCRIPTION = """\
+Train QM-VAE (Qiu et al. 2022): the de-identified versions of every face (--inputs) are fused
+by a VQ-VAE trained with Eq. 7, alpha * service loss + (1 - alpha) * MSE + VQ terms, where the
+service (--evaluator) is queried as a black box (NES gradient estimate) or, with
+--mode whitebox, back-propagated through. The original face is a training target only.
+
+Images in --data are sorted by name; the first --train-fraction are trained on, the rest are
+used to report the service loss rate. Unreadable images and images without a detected face are
+skipped and counted. Checkpoints are written atomically every --checkpoint-every epochs;
+--resume continues an interrupted run from --out.
+
+examples:
+  facedeid train qmvae --data ../shared/data/celeba-first10k/img_align_celeba --limit 1000 \\
+      --evaluator expression --alpha 0.4 --epochs 40 --out qmvae.pt
+  facedeid train qmvae --data faces/ --inputs blindfold,mosaic:block_size=6,laplace --resume \\
+      --out qmvae.pt
+  facedeid anonymize photo.jpg -o out.jpg --method qmvae --param checkpoint=qmvae.pt
+"""
+
+
+def split_input_list(text: str) -> list[str]:
+    """``"blindfold,mosaic:block_size=4,levels=2,laplace"`` -> one spec per method.
+
+    A comma-separated token of the form ``key=value`` without a ``:`` is a further parameter
+    of the method before it, so method parameters can be written with commas too.
+    """
+    specs: list[str] = []
+    for token in filter(None, (part.strip() for part in text.split(","))):
+        if "=" in token and ":" not in token:
+            if not specs:
+                raise InvalidParameterError(f"--inputs: parameter {token!r} has no method before it")
+            specs[-1] += ("," if ":" in specs[-1] else ":") + token
+        else:
+            specs.append(token)
+    if not specs:
+        raise InvalidParameterError("--inputs needs at least one method")
+    return specs
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help=HELP, description=HELP)
+    trainers = parser.add_subparsers(dest="trainer", metavar="MODEL")
+    _register_qmvae(trainers)
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)
+
+
+def _register_qmvae(trainers) -> None:
+    parser = trainers.add_parser("qmvae", help="QM-VAE multi-input VQ-VAE (Qiu et al. 2022)",
+                                 description=QMVAE_DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder of face images")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    parser.add_argument("--train-fraction", type=float, default=0.8,
+                        help="first fraction of the images to train on (default 0.8, as §5.1)")
+    parser.add_argument("--evaluator", default="expression",
+                        help="service to preserve: expression (default) or attributes")
+    parser.add_argument("--mode", choices=("blackbox", "whitebox"), default="blackbox",
+                        help="black-box NES estimate (default) or back-propagation")
+    parser.add_argument("--alpha", type=float, default=0.4, help="service weight of Eq. 7")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--inputs", default="blindfold,mosaic:block_size=4,laplace,cartoon",
+                        help="de-identification methods fused, comma-separated, each optionally "
+                             "name:key=value (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=64, help="aligned crop side (default 64)")
+    parser.add_argument("--score", choices=("ce", "kl"), default="ce",
+                        help="soft consistency score standing in for Eq. 8 (default ce)")
+    parser.add_argument("--pairs", type=int, default=2, help="NES direction pairs per face")
+    parser.add_argument("--sigma", type=float, default=0.05, help="NES perturbation size")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--out", default="qmvae.pt", help="checkpoint path (default qmvae.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out if present")
+    parser.add_argument("--cache-dir", default="runs/qmvae_cache",
+                        help="where the de-identified input stacks are cached")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_qmvae)
+
+
+def run_qmvae(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..models.qmvae import QMVAEConfig
+    from ..training.qmvae import TrainConfig, build_face_stacks, list_images, train_qmvae
+
+    if not 0.0 < args.train_fraction <= 1.0:
+        raise InvalidParameterError("--train-fraction must be in (0, 1]")
+    torch.set_num_threads(max(1, args.threads))
+    inputs = split_input_list(args.inputs)
+    config = TrainConfig(alpha=args.alpha, epochs=args.epochs, mode=args.mode,
+                         evaluator=args.evaluator, score=args.score, batch_size=args.batch_size,
+                         sigma=args.sigma, pairs=args.pairs, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
+    config.check()
+    model_config = QMVAEConfig(inputs=inputs, image_size=args.size)
+    paths = list_images(args.data, args.limit)
+    cut = int(round(len(paths) * args.train_fraction))
+    train_paths, test_paths = paths[:cut], paths[cut:]
+    train = build_face_stacks(train_paths, inputs, args.size, cache_dir=args.cache_dir,
+                              progress=not args.quiet)
+    test = build_face_stacks(test_paths, inputs, args.size, cache_dir=args.cache_dir,
+                             progress=not args.quiet) if test_paths else None
+    for label, part, count in (("train", train, len(train_paths)),
+                               ("test", test, len(test_paths))):
+        if part is not None:
+            print(f"{label}: {len(part)} faces from {count} images; skipped {part.skipped or 'none'}",
+                  file=sys.stderr)
+    _, history = train_qmvae(train, config, model_config, test=test, out=args.out,
+                             resume=args.resume, progress=not args.quiet)
+    last = history[-1] if history else {}
+    print(json.dumps({"checkpoint": args.out, **{k: v for k, v in last.items()
+                                                  if not isinstance(v, (dict, list))}},
+                     default=lambda value: float(value) if isinstance(value, np.floating) else str(value)))
+    return 0

@@ -1,0 +1,589 @@
+"""Training QM-VAE (Qiu et al., Appl. Sci. 2022, seed 000, §4.2-§5) against a service evaluator.
+
+The loss is Eq. 7::
+
+    L = alpha * L_e + (1 - alpha) * MSE(output, original) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2
+
+Eq. 8's service loss L_e (0 when the evaluator gives the output the original's label, else 1) has
+no gradient, and the paper treats the evaluator as a black box. Two ways to train against it:
+
+* ``mode="blackbox"``: only the evaluator's output probabilities are used. L_e is relaxed to a
+  soft consistency score -- cross-entropy of the output's probabilities against the original's
+  label (``"ce"``) or KL(p_original || p_output) (``"kl"``) -- and its gradient with respect to the
+  decoder output is estimated by antithetic NES/SPSA queries (:func:`estimate_score_gradient`).
+  Perturbations are drawn on a coarse grid and upsampled, which cuts the estimator's variance
+  from one dimension per pixel to one per grid cell. The estimate enters the graph as
+  ``(g.detach() * output).sum()``, whose gradient is ``g``.
+* ``mode="whitebox"``: the differentiable torch mini-Xception is back-propagated through.
+
+The original face is only a target: it reaches the loss, never the network
+(:meth:`facedeid.models.qmvae.QMVAE.forward` takes the de-identified stack alone).
+
+Data: aligned crops of every readable image with a detectable face; each registered method named
+in ``inputs`` is applied to the aligned crop to build the stack (:func:`build_face_stacks`).
+Unreadable images and images without a face are skipped and counted. Stacks are cached as npz.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import FaceDeidError, InvalidInputError, InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+
+
+class BlackBoxEvaluatorError(FaceDeidError):
+    """The service evaluator raised, or returned something that is not a probability table."""
+
+
+# -- input specifications ----------------------------------------------------------------------
+def parse_input_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"mosaic:block_size=4"`` -> ``("mosaic", {"block_size": "4"})``."""
+    name, _, rest = spec.strip().partition(":")
+    params = {}
+    for pair in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidParameterError(f"input {spec!r}: expected name:key=value,key=value")
+        params[key.strip()] = value.strip()
+    if not name:
+        raise InvalidParameterError(f"empty input method in {spec!r}")
+    return name, params
+
+
+def build_input_methods(inputs: Sequence[str]) -> list:
+    """Registered methods for each input spec (validated now, so typos fail before training)."""
+    from ..methods import create_method
+
+    if len(inputs) < 1:
+        raise InvalidParameterError("QM-VAE needs at least one de-identified input")
+    return [create_method(name, **params) for name, params in map(parse_input_spec, inputs)]
+
+
+def deidentified_versions(crop, methods: list, rng_key: Sequence[int]) -> list[np.ndarray]:
+    """Apply every input method to one aligned :class:`FaceCrop`; seeded per face and method."""
+    from ..methods import FaceContext
+
+    versions = []
+    for position, method in enumerate(methods):
+        context = FaceContext(rng=np.random.default_rng([*rng_key, position]))
+        pixels = np.asarray(method.apply(crop, context), dtype=np.uint8)
+        if pixels.shape != crop.pixels.shape:
+            raise InvalidInputError(f"input method {method.name!r} returned shape {pixels.shape}, "
+                                    f"expected {crop.pixels.shape}")
+        versions.append(pixels)
+    return versions
+
+
+# -- data --------------------------------------------------------------------------------------
+@dataclass
+class FaceStacks:
+    """Aligned training/test faces and their de-identified versions.
+
+    Attributes:
+        names: file name of each face.
+        originals: ``(N, S, S, 3) uint8`` aligned originals (targets only).
+        versions: ``(N, M, S, S, 3) uint8``, M = number of input methods, in ``inputs`` order.
+        to_image: ``(N, 2, 3) float32`` crop-to-image affine (to paste results back).
+        skipped: ``{reason: count}`` of images left out.
+    """
+
+    names: list[str]
+    originals: np.ndarray
+    versions: np.ndarray
+    to_image: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def stacks(self, indices: np.ndarray | slice | None = None) -> np.ndarray:
+        """``(n, S, S, 3M) uint8`` model inputs for ``indices``."""
+        versions = self.versions if indices is None else self.versions[indices]
+        return np.concatenate(list(np.moveaxis(versions, 1, 0)), axis=-1)
+
+    def subset(self, indices: np.ndarray) -> "FaceStacks":
+        return FaceStacks([self.names[i] for i in indices], self.originals[indices],
+                          self.versions[indices], self.to_image[indices], dict(self.skipped))
+
+
+def list_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """Image files of ``folder`` sorted by name (CelebA order), the first ``limit`` of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidInputError(f"training data folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"no image files in {folder}")
+    return files[:limit] if limit else files
+
+
+def _cache_key(paths: Sequence[Path], inputs: Sequence[str], size: int, detector: str) -> str:
+    digest = hashlib.sha256()
+    for item in [*(str(p.resolve()) for p in paths), *inputs, str(size), detector, "v1"]:
+        digest.update(item.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_face_stacks(paths: Sequence[Path], inputs: Sequence[str], size: int = 64,
+                      detector: str = "centerface", cache_dir: str | os.PathLike | None = None,
+                      progress: bool = True) -> FaceStacks:
+    """Detect, align and de-identify every image (cached as npz under ``cache_dir``).
+
+    The largest detected face of each image is used. Unreadable files and images without a
+    detected face are skipped and counted in ``skipped``.
+    """
+    from tqdm import tqdm
+
+    paths = [Path(p) for p in paths]
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"qmvae_stacks_{_cache_key(paths, inputs, size, detector)}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file, allow_pickle=False) as data:
+                return FaceStacks(list(data["names"]), data["originals"], data["versions"],
+                                  data["to_image"], json.loads(str(data["skipped"])))
+    from ..alignment import FaceAligner
+    from ..io.images import read_image
+    from ..pipeline import Anonymizer
+
+    methods = build_input_methods(inputs)
+    finder = Anonymizer("blindfold", detector=detector, landmarks="dlib5")  # used for detect() only
+    aligner = FaceAligner(size=size)
+    names, originals, versions, matrices = [], [], [], []
+    skipped: dict[str, int] = {}
+    for index, path in enumerate(tqdm(paths, desc="aligning + de-identifying", unit="img",
+                                      disable=not progress, dynamic_ncols=True)):
+        try:
+            rgb = read_image(path).rgb
+        except Exception as error:  # noqa: BLE001 - any decoding failure means "unreadable"
+            log.warning("skipping unreadable %s: %s", path, error)
+            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+            continue
+        faces = finder.detect(rgb)
+        if not faces:
+            skipped["no_face"] = skipped.get("no_face", 0) + 1
+            continue
+        face = max(faces, key=lambda f: f.width * f.height)
+        crop = aligner.align(rgb, face)
+        names.append(path.name)
+        originals.append(crop.pixels)
+        versions.append(np.stack(deidentified_versions(crop, methods, (index,))))
+        matrices.append(crop.to_image)
+    if not names:
+        raise InvalidInputError(f"none of the {len(paths)} images had a readable, detectable face "
+                                f"(skipped: {skipped})")
+    stacks = FaceStacks(names, np.stack(originals), np.stack(versions),
+                        np.stack(matrices).astype(np.float32), skipped)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(suffix=".npz", dir=cache_file.parent)
+        os.close(handle)
+        np.savez(temporary, names=np.array(names), originals=stacks.originals,
+                 versions=stacks.versions, to_image=stacks.to_image, skipped=json.dumps(skipped))
+        os.replace(temporary, cache_file)
+    return stacks
+
+
+# -- evaluators --------------------------------------------------------------------------------
+class BlackBoxEvaluator(Protocol):
+    """A service queried only through its outputs.
+
+    ``probabilities(faces)``: ``(B, S, S, 3) float32`` RGB in [0, 1] -> ``(B, K)`` probabilities
+    (rows summing to 1 for ``kind == "multiclass"``; independent per column for ``"multilabel"``).
+    """
+
+    name: str
+    kind: str
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray: ...
+
+
+def checked_probabilities(evaluator: BlackBoxEvaluator, faces: np.ndarray) -> np.ndarray:
+    """Query ``evaluator`` and validate its answer; raise :class:`BlackBoxEvaluatorError` if bad."""
+    try:
+        answer = evaluator.probabilities(faces)
+    except FaceDeidError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the evaluator is foreign code
+        raise BlackBoxEvaluatorError(
+            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} raised "
+            f"{type(error).__name__}: {error}") from error
+    try:
+        answer = np.asarray(answer, dtype=np.float64)
+    except (TypeError, ValueError):
+        answer = None
+    if answer is None or answer.ndim != 2 or answer.shape[0] != len(faces) or answer.shape[1] < 1:
+        shape = None if answer is None else answer.shape
+        raise BlackBoxEvaluatorError(
+            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} must return a "
+            f"({len(faces)}, K) probability array, returned shape {shape}")
+    if not np.isfinite(answer).all() or (answer < -1e-6).any() or (answer > 1 + 1e-6).any():
+        raise BlackBoxEvaluatorError(
+            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} returned values outside "
+            "[0, 1] or NaN; it must return probabilities")
+    if getattr(evaluator, "kind", "multiclass") == "multiclass" and \
+            not np.allclose(answer.sum(axis=1), 1.0, atol=1e-3):
+        raise BlackBoxEvaluatorError(
+            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} returned rows that do "
+            "not sum to 1; a multiclass evaluator must return a probability distribution")
+    return np.clip(answer, 1e-7, 1.0)
+
+
+class ExpressionBlackBox:
+    """The paper's expression service (mini-Xception, §3.2) queried through outputs only.
+
+    Runs without autograd on numpy arrays, so the trainer cannot reach its gradients.
+    """
+
+    name = "expression"
+    kind = "multiclass"
+
+    def __init__(self) -> None:
+        from ..models.mini_xception import EXPRESSIONS, load_mini_xception
+        self.network = load_mini_xception().eval()
+        self.classes = EXPRESSIONS
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+        tensor = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.float32)).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            return torch.softmax(self.network(_classifier_input(tensor)), dim=1).numpy()
+
+
+def _classifier_input(faces):
+    """``(B, 3, S, S)`` RGB in [0, 1] -> ``(B, 1, 64, 64)`` gray in [-1, 1] (mini-Xception input)."""
+    import torch.nn.functional as F
+    gray = 0.299 * faces[:, 0:1] + 0.587 * faces[:, 1:2] + 0.114 * faces[:, 2:3]
+    if gray.shape[-1] != 64 or gray.shape[-2] != 64:
+        gray = F.interpolate(gray, size=(64, 64), mode="bilinear", align_corners=False,
+                             antialias=True)
+    return (gray - 0.5) * 2.0
+
+
+class ExpressionWhiteBox:
+    """The same service, differentiable: ``logits(faces (B, 3, S, S) tensor) -> (B, 7)``."""
+
+    name = "expression"
+    kind = "multiclass"
+
+    def __init__(self) -> None:
+        from ..models.mini_xception import load_mini_xception
+        self.network = load_mini_xception().eval()
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+
+    def logits(self, faces):
+        return self.network(_classifier_input(faces))
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+        tensor = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.float32)).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            return torch.softmax(self.logits(tensor), dim=1).numpy()
+
+
+class ServiceBlackBox:
+    """Adapter for a :mod:`facedeid.evaluation.services` service (``.predict(images, boxes)``).
+
+    The whole aligned crop is passed as the face box, so no detector runs inside the loop.
+    """
+
+    def __init__(self, service_name: str) -> None:
+        from ..evaluation.services import create_service
+        self.service = create_service(service_name, crop="box")
+        self.name = service_name
+        self.kind = "multilabel" if service_name == "attributes" else "multiclass"
+
+    def probabilities(self, faces: np.ndarray) -> np.ndarray:
+        images = list(np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8))
+        boxes = [np.array([0, 0, face.shape[1], face.shape[0]], np.float32) for face in images]
+        return np.asarray(self.service.predict(images, boxes).probabilities)
+
+
+def create_black_box(name: str) -> BlackBoxEvaluator:
+    """``"expression"`` (built in) or any service name of :mod:`facedeid.evaluation.services`."""
+    if name == "expression":
+        return ExpressionBlackBox()
+    try:
+        return ServiceBlackBox(name)
+    except ImportError as error:
+        raise InvalidParameterError(f"evaluator {name!r} needs facedeid.evaluation.services "
+                                    f"({error})") from None
+
+
+# -- soft consistency scores (the relaxed Eq. 8) -----------------------------------------------
+def consistency_scores(reference: np.ndarray, probabilities: np.ndarray, kind: str,
+                       score: str = "ce") -> np.ndarray:
+    """Per-face disagreement between the original's and the output's service answers.
+
+    Args:
+        reference: ``(B, K)`` service probabilities on the originals.
+        probabilities: ``(B, K)`` service probabilities on the outputs.
+        kind: ``"multiclass"`` or ``"multilabel"``.
+        score: ``"ce"`` (cross-entropy to the original's decision) or ``"kl"`` (soft).
+
+    Returns:
+        ``(B,)`` float64; 0 means perfect agreement.
+    """
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    if kind == "multilabel":
+        target = (reference >= 0.5).astype(np.float64) if score == "ce" else reference
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p)).mean(axis=1)
+    if score == "ce":
+        return -np.log(p[np.arange(len(p)), reference.argmax(axis=1)])
+    q = np.clip(reference, 1e-7, 1.0)
+    return (q * (np.log(q) - np.log(p))).sum(axis=1)
+
+
+def decisions_differ(reference: np.ndarray, probabilities: np.ndarray, kind: str) -> np.ndarray:
+    """Eq. 8 per face: 1 where the service's decision changed (any attribute, for multilabel)."""
+    if kind == "multilabel":
+        return ((reference >= 0.5) != (probabilities >= 0.5)).any(axis=1).astype(np.float64)
+    return (reference.argmax(axis=1) != probabilities.argmax(axis=1)).astype(np.float64)
+
+
+# -- zeroth-order gradient ---------------------------------------------------------------------
+def estimate_score_gradient(score_fn: Callable[[np.ndarray], np.ndarray], faces: np.ndarray,
+                            rng: np.random.Generator, sigma: float = 0.05, pairs: int = 4,
+                            grid: int = 16) -> np.ndarray:
+    """Antithetic NES estimate of d score_i / d face_i for every face of the batch.
+
+    Args:
+        score_fn: ``(n, S, S, 3) float32`` -> ``(n,)`` scores; queried ``2 * pairs`` times per
+            face in ONE call (the only access to the evaluator).
+        faces: ``(B, S, S, 3) float32`` in [0, 1].
+        sigma: perturbation size in intensity units.
+        pairs: antithetic direction pairs per face.
+        grid: directions are Gaussian on a ``grid x grid x 3`` lattice, bilinearly upsampled.
+
+    Returns:
+        ``(B, S, S, 3) float32`` gradient estimate.
+    """
+    import cv2
+
+    count, height, width, channels = faces.shape
+    coarse = rng.standard_normal((count * pairs, grid, grid, channels)).astype(np.float32)
+    directions = np.stack([cv2.resize(cell, (width, height), interpolation=cv2.INTER_LINEAR)
+                           for cell in coarse]).reshape(count, pairs, height, width, channels)
+    probes = np.concatenate([faces[:, None] + sigma * directions,
+                             faces[:, None] - sigma * directions], axis=1)
+    probes = np.clip(probes, 0.0, 1.0).reshape(count * 2 * pairs, height, width, channels)
+    scores = np.asarray(score_fn(probes), dtype=np.float64).reshape(count, 2, pairs)
+    slopes = (scores[:, 0] - scores[:, 1]) / (2.0 * sigma)  # (B, pairs)
+    # Each upsampled direction has per-pixel variance v < 1; dividing by v keeps the estimate
+    # unbiased for gradients that are smooth on the grid's scale.
+    variance = float(np.mean(directions ** 2)) or 1.0
+    return (np.einsum("bp,bphwc->bhwc", slopes, directions) / (pairs * variance)).astype(np.float32)
+
+
+# -- training ----------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Knobs of one training run (stored in the checkpoint; resume refuses a mismatch)."""
+
+    alpha: float = 0.4
+    epochs: int = 40
+    mode: str = "blackbox"
+    evaluator: str = "expression"
+    score: str = "ce"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    sigma: float = 0.05
+    pairs: int = 2
+    grid: int = 16
+    seed: int = 0
+    eval_epochs: tuple[int, ...] = (10, 20, 30, 40)
+    checkpoint_every: int = 5
+
+    def check(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InvalidParameterError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.mode not in ("blackbox", "whitebox"):
+            raise InvalidParameterError(f"mode must be blackbox or whitebox, got {self.mode!r}")
+        if self.score not in ("ce", "kl"):
+            raise InvalidParameterError(f"score must be ce or kl, got {self.score!r}")
+        if self.mode == "whitebox" and self.evaluator != "expression":
+            raise InvalidParameterError("whitebox mode is available for the expression evaluator "
+                                        "only (the differentiable mini-Xception)")
+        if self.epochs < 1 or self.batch_size < 1 or self.pairs < 1:
+            raise InvalidParameterError("epochs, batch_size and pairs must be >= 1")
+
+
+# Keys that change what is being optimised: resuming with a different value is refused.
+_RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_size", "sigma",
+                "pairs", "grid", "seed")
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def service_loss_rate(model, data: FaceStacks, evaluator: BlackBoxEvaluator,
+                      reference: np.ndarray | None = None) -> dict[str, float]:
+    """Eq. 8 averaged over ``data`` on the aligned crops (no detector), plus the MSE."""
+    outputs = model.fuse(data.stacks())
+    if reference is None:
+        reference = checked_probabilities(evaluator, data.originals.astype(np.float32) / 255.0)
+    answers = checked_probabilities(evaluator, outputs.astype(np.float32) / 255.0)
+    differ = decisions_differ(reference, answers, evaluator.kind)
+    mse = float(np.mean((outputs.astype(np.float32) - data.originals) ** 2) / 255.0 ** 2)
+    return {"service_loss_rate": float(differ.mean()), "mse": mse}
+
+
+def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
+                test: FaceStacks | None = None, out: str | os.PathLike | None = None,
+                resume: bool = False, progress: bool = True,
+                on_eval: Callable[[int, Any], dict[str, float]] | None = None,
+                evaluator: BlackBoxEvaluator | None = None):
+    """Train a QM-VAE; returns ``(model, history)``.
+
+    Args:
+        train, test: face stacks (``test`` is used for the service loss rate at ``eval_epochs``).
+        model_config: :class:`facedeid.models.qmvae.QMVAEConfig` (its ``inputs`` must match the
+            stacks' methods; the caller is responsible for that).
+        out: checkpoint path; written atomically every ``checkpoint_every`` epochs and at the end.
+        resume: continue from ``out`` if it exists (same config required).
+        on_eval: extra metrics at each evaluation epoch, ``on_eval(epoch, model) -> dict``.
+        evaluator: black box to use (default: :func:`create_black_box` of ``config.evaluator``).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from ..models.qmvae import QMVAE, QMVAEConfig, read_checkpoint, save_checkpoint
+
+    config.check()
+    model_config = model_config or QMVAEConfig()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = QMVAE(model_config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and out is not None and Path(out).is_file():
+        payload = read_checkpoint(out)
+        stored = payload.get("train_config", {})
+        mismatched = [key for key in _RESUME_KEYS if stored.get(key) != getattr(config, key)]
+        if mismatched or payload["config"] != asdict(model_config):
+            raise InvalidParameterError(
+                f"cannot resume {out}: it was trained with different settings "
+                f"({', '.join(mismatched) or 'model architecture/inputs'}); use another --out")
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        history = payload.get("history", [])
+        start_epoch = int(payload["epoch"])
+        rng = np.random.default_rng([config.seed, start_epoch])
+        torch.manual_seed(config.seed + start_epoch)
+    if start_epoch >= config.epochs:
+        return model.eval(), history
+
+    white_box = ExpressionWhiteBox() if config.mode == "whitebox" else None
+    if evaluator is None:
+        evaluator = white_box if white_box is not None else create_black_box(config.evaluator)
+    # The originals' answers are fixed targets: query them once.
+    train_reference = checked_probabilities(evaluator, train.originals.astype(np.float32) / 255.0)
+    test_reference = None if test is None else \
+        checked_probabilities(evaluator, test.originals.astype(np.float32) / 255.0)
+    train_stacks = train.stacks()
+
+    def save(epoch: int) -> None:
+        if out is not None:
+            save_checkpoint(out, model, {
+                "epoch": epoch, "optimizer": optimizer.state_dict(), "history": history,
+                "train_config": asdict(config), "training_faces": len(train),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    batches_per_epoch = int(np.ceil(len(train) / config.batch_size))
+    bar = tqdm(total=(config.epochs - start_epoch) * batches_per_epoch, unit="batch",
+               disable=not progress, dynamic_ncols=True, desc="qmvae")
+    started = time.perf_counter()
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        sums = {"loss": 0.0, "mse": 0.0, "service": 0.0, "changed": 0.0}  # Eq. 7 with soft L_e
+        for first in range(0, len(order), config.batch_size):
+            index = order[first:first + config.batch_size]
+            stack = _to_tensor(train_stacks[index])
+            target = _to_tensor(train.originals[index])
+            output = model(stack)
+            faces = output.reconstruction
+            mse = F.mse_loss(faces, target)
+            reference = train_reference[index]
+            answers = None
+            if config.alpha == 0.0:  # plain fusion: the service is not queried while training
+                service = torch.zeros(())
+                soft = np.zeros(len(index))
+            elif white_box is not None:
+                logits = white_box.logits(faces)
+                labels = torch.from_numpy(reference.argmax(axis=1))
+                if config.score == "ce":
+                    service = F.cross_entropy(logits, labels)
+                else:
+                    service = F.kl_div(F.log_softmax(logits, 1),
+                                       torch.from_numpy(reference).float(), reduction="batchmean")
+                answers = torch.softmax(logits.detach(), 1).numpy()
+                soft = consistency_scores(reference, answers, evaluator.kind, config.score)
+            else:
+                images = faces.detach().permute(0, 2, 3, 1).numpy()
+                repeats = 2 * config.pairs
+                probe_scores: list[np.ndarray] = []
+
+                def score_fn(probes: np.ndarray) -> np.ndarray:
+                    answers = checked_probabilities(evaluator, probes)
+                    scores = consistency_scores(np.repeat(reference, repeats, axis=0), answers,
+                                                evaluator.kind, config.score)
+                    probe_scores.append(scores)
+                    return scores
+
+                gradient = estimate_score_gradient(score_fn, images, rng, config.sigma,
+                                                   config.pairs, config.grid)
+                gradient = torch.from_numpy(gradient).permute(0, 3, 1, 2)
+                # Surrogate whose gradient w.r.t. the output is the NES estimate (batch mean).
+                service = (gradient * faces).sum() / len(index)
+                # The probes' mean score stands in for the score at the output (no extra query).
+                soft = probe_scores[0].reshape(len(index), repeats).mean(axis=1)
+            loss = (config.alpha * service + (1.0 - config.alpha) * mse
+                    + output.codebook_loss + model.beta * output.commitment_loss)
+            reported = (config.alpha * float(soft.mean()) + (1.0 - config.alpha) * float(mse)
+                        + float(output.codebook_loss) + model.beta * float(output.commitment_loss))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            size = len(index)
+            sums["loss"] += reported * size
+            sums["mse"] += float(mse) * size
+            sums["service"] += float(soft.mean()) * size
+            if answers is not None:
+                sums["changed"] += float(decisions_differ(reference, answers, evaluator.kind).sum())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, mse=f"{float(mse):.4f}", svc=f"{float(soft.mean()):.3f}")
+        record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v / len(train)
+                                                     for k, v in sums.items()},
+                                  "seconds": round(time.perf_counter() - started, 1)}
+        if epoch in config.eval_epochs or epoch == config.epochs:
+            if test is not None:
+                metrics = service_loss_rate(model, test, evaluator, test_reference)
+                record.update({f"test_{k}": v for k, v in metrics.items()})
+            if on_eval is not None:
+                record.update(on_eval(epoch, model))
+            bar.write(f"epoch {epoch}: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        history.append(record)
+        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            save(epoch)
+    bar.close()
+    return model.eval(), history
