@@ -106,3 +106,52 @@ def test_real_faces_dlib_identifies_clean_and_not_masked():
     distance = privacy.identity_distance(clean, attacked)
     assert privacy.successful_deidentification_rate(distance, 0.6) >= 0.9
     assert privacy.rank1_identification_rate(attacked, people, gallery_emb, people) <= 0.3
+
+
+# -- quality metrics (same file: small and pure) -------------------------------------------------
+def test_psnr_ssim_and_face_region():
+    from facedeid.evaluation import quality
+
+    a = np.full((40, 40, 3), 100, np.uint8)
+    b = a.copy()
+    b[10:20, 10:20] += 10  # a 10x10 change inside the face box only
+    assert quality.psnr(a, a) == float("inf") and quality.ssim(a, a) == pytest.approx(1.0)
+    q = quality.image_quality(a, b, np.array([10, 10, 20, 20]))
+    assert q["face_mse"] == pytest.approx(100.0)
+    assert q["face_psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 100))
+    assert q["mse"] == pytest.approx(100.0 * 100 / 1600)  # diluted by the untouched pixels
+    assert 0 < q["ssim"] < 1 and 0 < q["face_ssim"] < 1
+    noisy = b.copy()
+    noisy[10:20, 10:20] = np.random.default_rng(0).integers(0, 256, (10, 10, 3))
+    q_noisy = quality.image_quality(a, noisy, np.array([10, 10, 20, 20]))
+    assert q_noisy["face_ssim"] < q_noisy["ssim"] < q["ssim"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_frechet_distances_and_user_weights(tmp_path):
+    import torch
+
+    from facedeid.errors import MissingWeightsError
+    from facedeid.evaluation import quality
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(500, 4))
+    assert quality.embedding_frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    assert quality.embedding_frechet_distance(feats, feats + 1.0) == pytest.approx(4.0, rel=1e-3)
+    with pytest.raises(MissingWeightsError, match="--fid-weights"):
+        quality.TorchFeatureExtractor(None)
+    with pytest.raises(MissingWeightsError, match="not found"):
+        quality.UserLPIPS(tmp_path / "lpips.pt")
+
+    class MeanColour(torch.nn.Module):  # a stand-in backbone: per-channel means and stds
+        def forward(self, x):
+            return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+    path = tmp_path / "features.pt"
+    torch.jit.save(torch.jit.script(MeanColour()), str(path))
+    extractor = quality.TorchFeatureExtractor(path, size=32)
+    images = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(12)]
+    darker = [(im // 2).astype(np.uint8) for im in images]
+    assert extractor.features(images).shape == (12, 6)
+    assert extractor.fid(images, images) == pytest.approx(0.0, abs=1e-6)
+    assert extractor.fid(images, darker) > 0.01

@@ -420,11 +420,13 @@ class Evaluator:
         except ImportError as error:
             return {}, {name: f"service evaluators unavailable: {error}" for name in self.config.services}
         for name in self.config.services:
+            kwargs: dict[str, Any] = {}
+            if name == "expression":
+                kwargs["crop"] = self.config.service_crop
+            elif name == "detection" and self.config.detector == "dlib-hog":
+                kwargs["detector"] = "centerface"  # never judge outputs with their own detector
             try:
-                try:
-                    services[name] = create_service(name, crop=self.config.service_crop)
-                except TypeError:
-                    services[name] = create_service(name)
+                services[name] = create_service(name, **kwargs)
             except Exception as error:  # noqa: BLE001 - a missing checkpoint is reported, not fatal
                 errors[name] = f"{type(error).__name__}: {error}"
         return services, errors
