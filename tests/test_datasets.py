@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from facedeid.errors import FaceDeidError
-from facedeid.io.datasets import DatasetError, detect_layout, load_dataset
+from facedeid.io.datasets import DatasetError, default_split, detect_layout, load_dataset
 
 from .conftest import shared_path
 
@@ -63,6 +63,7 @@ def test_plain_folder_and_layout_guess(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "x.png")
     (tmp_path / "notes.txt").write_text("not an image")
     assert detect_layout(tmp_path) == "folder"
+    assert default_split(tmp_path) == "all" and default_split("celeba-id200") == "test"
     dataset = load_dataset(tmp_path, split="all")
     assert [r.name for r in dataset] == ["x.png"] and dataset[0].identity is None
     with pytest.raises(DatasetError, match="no splits"):

@@ -82,7 +82,7 @@ def test_failures_and_faceless_images_are_counted(tmp_path, astronaut, failing_m
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(folder / "blank.png")
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    code = main(["evaluate", "--method", failing_method, "--dataset", str(folder), "--split", "all",
+    code = main(["evaluate", "--method", failing_method, "--dataset", str(folder),  # split: all
                  "--services", "none", "--no-cache", "--out", str(out), "-q"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())

@@ -35,8 +35,9 @@ def register(subparsers) -> None:
                              '(e.g. mosaic "blur:kernel_size=31" "laplace:lam=0.2")')
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="celeba-id200", help="dataset name or folder")
-    data.add_argument("--split", default="test",
-                      help="split to evaluate: train/valid/test/all (default: test)")
+    data.add_argument("--split", default=None,
+                      help="split to evaluate: train/valid/test/all (default: test where the "
+                           "dataset has splits, else all)")
     data.add_argument("--limit", type=int, default=None, help="first N images of the split")
     data.add_argument("--data-root", default=None, help="folder holding the named datasets")
     attack = parser.add_argument_group("attacker")
@@ -89,6 +90,7 @@ def build_specs(args: argparse.Namespace) -> list:
 
 def build_config(args: argparse.Namespace):
     from ..evaluation.recognizers import default_cache_dir
+    from ..io.datasets import default_split
     from ..evaluation.runner import DEFAULT_FARS, EvalConfig
 
     recognizers = args.recognizer or ["dlib"]
@@ -103,7 +105,8 @@ def build_config(args: argparse.Namespace):
     services = () if args.services.strip().lower() in ("", "none") \
         else tuple(s.strip() for s in args.services.split(",") if s.strip())
     return EvalConfig(
-        dataset=args.dataset, split=None if args.split == "all" else args.split, limit=args.limit,
+        dataset=args.dataset, split=args.split or default_split(args.dataset, args.data_root),
+        limit=args.limit,
         data_root=args.data_root, recognizers=recognizers, recognizer_params=recognizer_params,
         services=services, service_crop=args.service_crop, detector=args.detector,
         detector_params=detector_params(args), landmarks=args.landmarks, expand=args.expand,

@@ -357,6 +357,17 @@ def load_dataset(name_or_path: str | os.PathLike, split: str | None = None,
     return dataset.limited(limit)
 
 
+def default_split(name_or_path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> str:
+    """``"test"`` for layouts with splits (CelebA, FER2013), ``"all"`` for the others."""
+    text = str(name_or_path)
+    if text in KNOWN_DATASETS:
+        layout = KNOWN_DATASETS[text]
+    else:
+        path = Path(text).expanduser()
+        layout = detect_layout(path) if path.is_dir() else "folder"
+    return "test" if layout in ("celeba", "fer2013") else "all"
+
+
 def _require_dir(root: Path) -> None:
     if not root.exists():
         raise DatasetError(f"{root}: no such dataset folder")
