@@ -140,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", action="store_true",
                         help="measure the input operators themselves (Table 2/3 rows)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--pairs", type=int, default=2, help="NES direction pairs per face")
+    parser.add_argument("--service-faces", type=int, default=0,
+                        help="faces per batch that get NES queries (0 = all)")
+    parser.add_argument("--hidden", type=int, default=64, help="widest layer of the network")
+    parser.add_argument("--latent-dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs: fewer faces")
     args = parser.parse_args(argv)
@@ -170,14 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         eval_epochs = tuple(int(e) for e in args.eval_epochs.split(","))
         config = TrainConfig(alpha=args.alpha, epochs=args.epochs, mode=args.mode,
-                             eval_epochs=eval_epochs)
+                             eval_epochs=eval_epochs, pairs=args.pairs,
+                             service_faces=args.service_faces)
 
         def on_eval(epoch, model):
             measured = bench.measure(model.fuse(test.stacks()), privacy=epoch == args.epochs)
             return {key: value for key, value in measured.items() if not isinstance(value, dict)}
 
         started = time.perf_counter()
-        model, history = train_qmvae(train, config, QMVAEConfig(inputs=inputs), test=test,
+        model_config = QMVAEConfig(inputs=inputs, hidden=args.hidden, latent_dim=args.latent_dim)
+        model, history = train_qmvae(train, config, model_config, test=test,
                                      out=args.out, resume=args.resume, on_eval=on_eval)
         results.update({"alpha": args.alpha, "mode": args.mode, "epochs": args.epochs,
                         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -404,6 +404,7 @@ class TrainConfig:
     sigma: float = 0.05
     pairs: int = 2
     grid: int = 16
+    service_faces: int = 0  # black-box mode: faces per batch that get NES queries (0 = all)
     seed: int = 0
     eval_epochs: tuple[int, ...] = (10, 20, 30, 40)
     checkpoint_every: int = 5
@@ -424,7 +425,7 @@ class TrainConfig:
 
 # Keys that change what is being optimised: resuming with a different value is refused.
 _RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_size", "sigma",
-                "pairs", "grid", "seed")
+                "pairs", "grid", "service_faces", "seed")
 
 
 def _to_tensor(images: np.ndarray):
@@ -538,7 +539,11 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
                 answers = torch.softmax(logits.detach(), 1).numpy()
                 soft = consistency_scores(reference, answers, evaluator.kind, config.score)
             else:
-                images = faces.detach().permute(0, 2, 3, 1).numpy()
+                # Query budget: only the first `service_faces` of the (shuffled) batch are probed.
+                probed = len(index) if config.service_faces <= 0 else min(config.service_faces,
+                                                                          len(index))
+                images = faces.detach()[:probed].permute(0, 2, 3, 1).numpy()
+                reference = reference[:probed]
                 repeats = 2 * config.pairs
                 probe_scores: list[np.ndarray] = []
 
@@ -552,10 +557,11 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
                 gradient = estimate_score_gradient(score_fn, images, rng, config.sigma,
                                                    config.pairs, config.grid)
                 gradient = torch.from_numpy(gradient).permute(0, 3, 1, 2)
-                # Surrogate whose gradient w.r.t. the output is the NES estimate (batch mean).
-                service = (gradient * faces).sum() / len(index)
+                # Surrogate whose gradient w.r.t. the output is the NES estimate (mean over the
+                # probed faces).
+                service = (gradient * faces[:probed]).sum() / probed
                 # The probes' mean score stands in for the score at the output (no extra query).
-                soft = probe_scores[0].reshape(len(index), repeats).mean(axis=1)
+                soft = probe_scores[0].reshape(probed, repeats).mean(axis=1)
             loss = (config.alpha * service + (1.0 - config.alpha) * mse
                     + output.codebook_loss + model.beta * output.commitment_loss)
             reported = (config.alpha * float(soft.mean()) + (1.0 - config.alpha) * float(mse)

@@ -1,0 +1,196 @@
+"""QM-VAE: network, privacy-by-construction, gradients, black-box estimator, checkpoints, method."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from facedeid.errors import FaceDeidError  # noqa: E402
+from facedeid.models.qmvae import (QMVAE, CheckpointError, QMVAEConfig, load_qmvae,  # noqa: E402
+                                   read_checkpoint, save_checkpoint)
+from facedeid.training.qmvae import (BlackBoxEvaluatorError, FaceStacks, TrainConfig,  # noqa: E402
+                                     checked_probabilities, consistency_scores,
+                                     estimate_score_gradient, train_qmvae)
+
+SMALL = dict(image_size=32, hidden=16, latent_dim=8, codebook_size=16, downsamples=2,
+             res_blocks=1)
+
+
+def small_model(inputs=("blindfold", "mosaic", "laplace", "cartoon")) -> QMVAE:
+    torch.manual_seed(0)
+    return QMVAE(QMVAEConfig(inputs=list(inputs), **SMALL))
+
+
+def test_forward_shapes_and_range():
+    model = small_model()
+    out = model(torch.rand(3, 12, 32, 32))
+    assert out.reconstruction.shape == (3, 3, 32, 32)
+    assert out.codes.shape == (3, 8, 8)
+    faces = out.reconstruction.detach()
+    assert 0.0 <= float(faces.min()) and float(faces.max()) <= 1.0
+    assert int(out.codes.max()) < 16
+
+
+def test_input_count_is_configurable_and_checked():
+    three = small_model(("mosaic", "laplace", "cartoon"))
+    assert three(torch.rand(1, 9, 32, 32)).reconstruction.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="de-identified"):
+        three(torch.rand(1, 12, 32, 32))  # a fourth image (e.g. the original) has no slot
+
+
+def test_original_is_never_an_input():
+    """forward() takes the de-identified stack only; its signature has no room for the original."""
+    parameters = list(inspect.signature(QMVAE.forward).parameters)
+    assert parameters == ["self", "stack"]
+    model = small_model()
+    with pytest.raises(TypeError):
+        model(torch.rand(1, 12, 32, 32), torch.rand(1, 3, 32, 32))
+
+
+def test_straight_through_gradient_reaches_encoder_and_codebook():
+    model = small_model()
+    out = model(torch.rand(2, 12, 32, 32))
+    out.reconstruction.mean().backward(retain_graph=True)
+    first_encoder_layer = model.encoder[0].weight
+    assert first_encoder_layer.grad is not None and float(first_encoder_layer.grad.abs().sum()) > 0
+    model.zero_grad()
+    out.codebook_loss.backward()
+    codebook = dict(model.named_parameters())["quantizer._codebook.embed"]
+    assert codebook.grad is not None and float(codebook.grad.abs().sum()) > 0
+    assert first_encoder_layer.grad is None or float(first_encoder_layer.grad.abs().sum()) == 0
+
+
+def test_black_box_estimator_improves_a_query_only_objective():
+    """NES descent on a hidden quadratic it can only query must move towards the hidden target."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    coarse = rng.uniform(0.2, 0.8, (4, 4, 3)).astype(np.float32)  # a smooth hidden target
+    target = cv2.resize(coarse, (16, 16), interpolation=cv2.INTER_LINEAR)[None]
+    queries = {"n": 0}
+
+    def score(images: np.ndarray) -> np.ndarray:
+        queries["n"] += len(images)
+        return ((images - target) ** 2).sum(axis=(1, 2, 3))
+
+    current = np.full((2, 16, 16, 3), 0.5, np.float32)
+    before = score(current).mean()
+    for _ in range(60):
+        gradient = estimate_score_gradient(score, current, rng, sigma=0.05, pairs=4, grid=8)
+        current = np.clip(current - 0.002 * gradient, 0, 1)
+    after = score(current).mean()
+    assert queries["n"] > 0
+    assert after < 0.5 * before
+
+
+def test_consistency_scores_reward_agreement():
+    reference = np.array([[0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
+    same = consistency_scores(reference, reference, "multiclass", "ce")
+    other = consistency_scores(reference, np.roll(reference, 1, axis=1), "multiclass", "ce")
+    assert (same < other).all()
+    assert np.allclose(consistency_scores(reference, reference, "multiclass", "kl"), 0, atol=1e-6)
+
+
+class _Evaluator:
+    name, kind = "toy", "multiclass"
+
+    def __init__(self, behaviour="ok"):
+        self.behaviour = behaviour
+
+    def probabilities(self, faces):
+        if self.behaviour == "raise":
+            raise RuntimeError("service down")
+        if self.behaviour == "shape":
+            return np.ones((len(faces) + 1, 3)) / 3
+        if self.behaviour == "nan":
+            return np.full((len(faces), 3), np.nan)
+        brightness = faces.mean(axis=(1, 2, 3))
+        logits = np.stack([brightness * 4, 2 - brightness * 4, np.zeros_like(brightness)], 1)
+        exp = np.exp(logits)
+        return exp / exp.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("behaviour", ["raise", "shape", "nan"])
+def test_malformed_black_box_gives_clear_error(behaviour):
+    with pytest.raises(BlackBoxEvaluatorError, match="service evaluator"):
+        checked_probabilities(_Evaluator(behaviour), np.zeros((2, 8, 8, 3), np.float32))
+
+
+def _toy_stacks(count=8, size=32, inputs=4, seed=0) -> FaceStacks:
+    rng = np.random.default_rng(seed)
+    originals = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    versions = np.stack([originals // 2 + rng.integers(0, 60, originals.shape, dtype=np.uint8)
+                         for _ in range(inputs)], axis=1).astype(np.uint8)
+    return FaceStacks([f"{i}.png" for i in range(count)], originals, versions,
+                      np.tile(np.eye(2, 3, dtype=np.float32), (count, 1, 1)))
+
+
+def test_checkpoint_round_trip_and_resume(tmp_path):
+    stacks = _toy_stacks()
+    model_config = QMVAEConfig(**SMALL)
+    path = tmp_path / "q.pt"
+    config = TrainConfig(alpha=0.5, epochs=2, batch_size=4, pairs=1, checkpoint_every=1,
+                         eval_epochs=(2,))
+    model, history = train_qmvae(stacks, config, model_config, test=stacks, out=path,
+                                 progress=False, evaluator=_Evaluator())
+    assert [h["epoch"] for h in history] == [1, 2] and "test_service_loss_rate" in history[-1]
+    loaded, payload = load_qmvae(path)
+    stack = torch.from_numpy(stacks.stacks()).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        assert torch.allclose(loaded(stack).reconstruction, model(stack).reconstruction)
+    assert payload["epoch"] == 2 and not list(tmp_path.glob(".*.tmp"))
+    # Resume to 3 epochs continues from epoch 2 instead of starting over.
+    config.epochs = 3
+    _, resumed = train_qmvae(stacks, config, model_config, test=stacks, out=path, resume=True,
+                             progress=False, evaluator=_Evaluator())
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    assert read_checkpoint(path)["epoch"] == 3
+    # A different alpha cannot silently continue this run.
+    config.alpha, config.epochs = 0.9, 4
+    with pytest.raises(FaceDeidError, match="cannot resume"):
+        train_qmvae(stacks, config, model_config, out=path, resume=True, progress=False,
+                    evaluator=_Evaluator())
+
+
+def test_bad_evaluator_aborts_training_without_writing(tmp_path):
+    path = tmp_path / "q.pt"
+    with pytest.raises(BlackBoxEvaluatorError):
+        train_qmvae(_toy_stacks(), TrainConfig(epochs=1, batch_size=4, pairs=1),
+                    QMVAEConfig(**SMALL), out=path, progress=False,
+                    evaluator=_Evaluator("shape"))
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_missing_and_foreign_checkpoints_name_the_train_command(tmp_path):
+    with pytest.raises(CheckpointError, match="facedeid train qmvae"):
+        load_qmvae(tmp_path / "absent.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(CheckpointError, match="facedeid train qmvae"):
+        load_qmvae(foreign)
+    from facedeid.methods import create_method
+    with pytest.raises(FaceDeidError, match="facedeid train qmvae"):
+        create_method("qmvae", checkpoint=str(tmp_path / "absent.pt"))
+
+
+def test_registered_method_runs_through_the_pipeline(astronaut, tmp_path):
+    from facedeid.pipeline import Anonymizer
+
+    model = QMVAE(QMVAEConfig(**{**SMALL, "image_size": 64}))
+    path = save_checkpoint(tmp_path / "tiny.pt", model)
+    anonymizer = Anonymizer("qmvae", {"checkpoint": str(path)}, landmarks="box", seed=0)
+    assert anonymizer.method.aligned_size == 64
+    result = anonymizer.anonymize(astronaut)
+    assert len(result.faces) == 1 and result.image.shape == astronaut.shape
+    changed = np.abs(result.image.astype(int) - astronaut).sum(axis=2) > 0
+    assert changed[result.coverage > 0.99].mean() > 0.9  # the face region was replaced
+    assert not changed[result.coverage == 0].any()  # nothing outside it
+
+
+def test_split_input_list():
+    from facedeid.cli.train import split_input_list
+    assert split_input_list("blindfold,mosaic:block_size=4,laplace:lam=0.2,mu=0,cartoon") == [
+        "blindfold", "mosaic:block_size=4", "laplace:lam=0.2,mu=0", "cartoon"]
