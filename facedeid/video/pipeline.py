@@ -51,7 +51,7 @@ class VideoOptions:
         max_frames: stop after this many frames (live sources, previews).
     """
 
-    every: int = 3
+    every: int = 5
     det_scale: int | None = 640
     threshold: float = 0.35
     keep_threshold: float = 0.15
