@@ -60,11 +60,17 @@ class AttributeService(ServiceEvaluator):
     Args:
         checkpoint: ``.pt`` from :mod:`facedeid.training.attributes` (default: the shipped one).
         batch_size: crops per network call.
+        crop: only ``"box"`` (accepted so every service takes the same ``crop=`` keyword; the
+            attribute crop is always aligned from the known box, see the module docstring).
     """
 
     name = "attributes"
 
-    def __init__(self, checkpoint: str | Path | None = None, batch_size: int = 256):
+    def __init__(self, checkpoint: str | Path | None = None, batch_size: int = 256,
+                 crop: str = "box"):
+        if crop != "box":
+            raise ValueError(f"the attribute service crops from the known box only (crop='box'), "
+                             f"got crop={crop!r}")
         self.model = load_attribute_model(checkpoint)
         self.label_names = list(self.model.attributes)
         self.batch_size = int(batch_size)
