@@ -213,6 +213,13 @@ class VideoSink:
             self.audio_map = {}
             for stream in audio_streams:
                 self.audio_map[stream.index] = self.container.add_stream_from_template(stream)
+            try:
+                self.container.start_encoding()  # fail now, not midway, on a bad combination
+            except av.error.FFmpegError as error:
+                raise InvalidParameterError(
+                    f"cannot store {codec} video with {[s.codec_context.name for s in audio_streams]}"
+                    f" audio in a {suffix} file ({error}); write .mkv, or drop audio "
+                    "(--no-audio)") from error
         except Exception:
             self.abort()
             raise

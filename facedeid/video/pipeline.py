@@ -229,10 +229,8 @@ def anonymize_video(source: str | os.PathLike, target: str | os.PathLike, anonym
         state = _RunState(video, target, anonymizer, options, no_face, given_boxes, detect)
         try:
             state.run()
-        except BaseException as error:
+        except BaseException:  # errors and Ctrl-C alike: no partial file under any name
             state.abort()
-            if isinstance(error, KeyboardInterrupt) and info.live and state.sink is not None:
-                raise  # a live run interrupted by the user is still aborted: no partial file
             raise
         if state.frames == 0:
             state.abort()
@@ -270,6 +268,9 @@ class _RunState:
         self.audio_packets = 0
         self.tracker: FaceTracker | None = None
         self.progress = None
+        # Bounded memory with sparse --boxes-in: past this many waiting frames the tracker
+        # steps without a detection (it coasts) instead of buffering further.
+        self.max_buffer = max(options.every, options.max_gap, 1)
 
     # -- audio -------------------------------------------------------------------------
     def _audio(self, packet: av.Packet) -> None:
@@ -296,7 +297,7 @@ class _RunState:
                     self._open_outputs()
                 self.frames += 1
                 self.buffer.append((index, frame))
-                if self._is_detection_frame(index):
+                if self._is_detection_frame(index) or len(self.buffer) > self.max_buffer:
                     self._detect_and_flush(index, frame)
                 if limit is not None and self.frames >= limit:
                     break
