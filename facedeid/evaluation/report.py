@@ -129,16 +129,18 @@ def plot_per_expression(results: dict, path: Path) -> Path | None:
     per_method = {k: v for k, v in per_method.items() if isinstance(v, dict) and v}
     if not per_method:
         return None
-    classes = sorted({c for v in per_method.values() for c in v})
+    classes = sorted({c for v in per_method.values() for c, x in v.items() if x is not None})
+    if not classes:
+        return None
     width = 0.8 / len(per_method)
-    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 1.1), 4))
+    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 1.1) + 2.5, 4))
     for k, (label, values) in enumerate(per_method.items()):
         heights = [values.get(c) if values.get(c) is not None else np.nan for c in classes]
         ax.bar(np.arange(len(classes)) + k * width - 0.4 + width / 2, heights, width, label=label)
     ax.set_xticks(np.arange(len(classes)), classes)
     ax.set_ylabel("service quality loss rate")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("expression loss per class (QM-VAE Table 3 layout)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
