@@ -192,7 +192,7 @@ class VideoSink:
     """
 
     def __init__(self, target: Path, info: VideoInfo, audio_streams=(), codec: str | None = None,
-                 crf: int = 20, preset: str = "veryfast", threads: int = 0):
+                 crf: int = 20, preset: str = "ultrafast", threads: int = 0):
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.temp = self.target.with_name(

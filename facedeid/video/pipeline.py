@@ -42,7 +42,9 @@ class VideoOptions:
         max_gap: frames a face stays anonymized at its predicted place after the detector
             last saw it.
         grow: relative growth of a face's mask per frame it goes undetected.
-        codec, crf, preset: encoder, quality, speed (see ``ffmpeg -h encoder=libx264``).
+        codec, crf, preset: encoder, quality, speed (see ``ffmpeg -h encoder=libx264``). The
+            default preset favours throughput; ``veryfast`` makes files about a third smaller
+            for about a quarter more CPU per frame (docs/benchmarks.md).
         audio: copy the audio streams (packets remuxed unchanged) or drop them.
         boxes_out: write per-frame boxes and track ids as JSON here.
         boxes_in: JSON file (the ``boxes_out`` format) of the user's own detections; the
@@ -51,15 +53,15 @@ class VideoOptions:
         max_frames: stop after this many frames (live sources, previews).
     """
 
-    every: int = 5
-    det_scale: int | None = 640
+    every: int = 6
+    det_scale: int | None = 512
     threshold: float = 0.35
     keep_threshold: float = 0.15
     max_gap: int = 15
     grow: float = 0.04
     codec: str | None = None
     crf: int = 20
-    preset: str = "veryfast"
+    preset: str = "ultrafast"
     audio: bool = True
     boxes_out: Path | None = None
     boxes_in: Path | None = None
