@@ -3,7 +3,9 @@
 Command that produced the shipped checkpoint (at most 14 minutes of training on 2 CPU cores,
 plus the one-off face alignment cache)::
 
-    python -m facedeid.training.recognizer --out facedeid/checkpoints/surrogate_recognizer.pt
+    python -m facedeid.training.recognizer --threads 1 --out facedeid/checkpoints/surrogate_recognizer.pt
+
+(``--threads 1`` was faster than 2 on the shared, oversubscribed 2-core machine.)
 
 Data: ``../shared/data/celeba-id200`` (official CelebA layout plus ``identity_split.txt``).
 Only the *train* split (200 identities x 24 photos) is used for training; the *test* split
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
             "aligner": "FaceAligner(128), CenterFace landmarks", "epochs": epochs_done, "max_epochs": args.epochs,
             "time_budget_s": args.time_budget,
             "seed": args.seed, "metrics": metrics,
-            "command": f"python -m facedeid.training.recognizer --out {args.out}"}
+            "command": "python -m facedeid.training.recognizer "
+                       f"--threads {args.threads} --out {args.out}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_surrogate_recognizer(model, args.out, meta)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
