@@ -140,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", action="store_true",
                         help="measure the input operators themselves (Table 2/3 rows)")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--pairs", type=int, default=2, help="NES direction pairs per face")
+    parser.add_argument("--pairs", type=int, default=1, help="NES direction pairs per face")
     parser.add_argument("--service-faces", type=int, default=0,
                         help="faces per batch that get NES queries (0 = all)")
-    parser.add_argument("--hidden", type=int, default=64, help="widest layer of the network")
-    parser.add_argument("--latent-dim", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=32, help="widest layer of the network")
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="1: robust on a shared CPU")
     parser.add_argument("--train-limit", type=int, default=None, help="smoke runs: fewer faces")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_epochs = tuple(int(e) for e in args.eval_epochs.split(","))
         config = TrainConfig(alpha=args.alpha, epochs=args.epochs, mode=args.mode,
                              eval_epochs=eval_epochs, pairs=args.pairs,
-                             service_faces=args.service_faces)
+                             service_faces=args.service_faces, batch_size=args.batch_size)
 
         def on_eval(epoch, model):
             measured = bench.measure(model.fuse(test.stacks()), privacy=epoch == args.epochs)

@@ -79,16 +79,21 @@ def _register_qmvae(trainers) -> None:
     parser.add_argument("--size", type=int, default=64, help="aligned crop side (default 64)")
     parser.add_argument("--score", choices=("ce", "kl"), default="ce",
                         help="soft consistency score standing in for Eq. 8 (default ce)")
-    parser.add_argument("--pairs", type=int, default=2, help="NES direction pairs per face")
+    parser.add_argument("--pairs", type=int, default=1, help="NES direction pairs per face")
     parser.add_argument("--sigma", type=float, default=0.05, help="NES perturbation size")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=32, help="widest layer (default 32)")
+    parser.add_argument("--latent-dim", type=int, default=32, help="codebook vector size")
+    parser.add_argument("--codebook-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--out", default="qmvae.pt", help="checkpoint path (default qmvae.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from --out if present")
     parser.add_argument("--cache-dir", default="runs/qmvae_cache",
                         help="where the de-identified input stacks are cached")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads "
+                             "ran up to 200x slower from OpenMP oversubscription)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_qmvae)
 
@@ -109,7 +114,8 @@ def run_qmvae(args: argparse.Namespace) -> int:
                          sigma=args.sigma, pairs=args.pairs, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
     config.check()
-    model_config = QMVAEConfig(inputs=inputs, image_size=args.size)
+    model_config = QMVAEConfig(inputs=inputs, image_size=args.size, hidden=args.hidden,
+                               latent_dim=args.latent_dim, codebook_size=args.codebook_size)
     paths = list_images(args.data, args.limit)
     cut = int(round(len(paths) * args.train_fraction))
     train_paths, test_paths = paths[:cut], paths[cut:]

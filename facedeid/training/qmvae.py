@@ -2,7 +2,10 @@
 
 The loss is Eq. 7::
 
-    L = alpha * L_e + (1 - alpha) * MSE(output, original) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2
+    L = alpha * L_e + (1 - alpha) * SSE(output, original) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2
+
+(SSE: per-image sum of squared errors, the Gaussian log-likelihood that Eq. 7 writes as
+log p(x | z_q(x)); the per-pixel MSE is what gets reported.)
 
 Eq. 8's service loss L_e (0 when the evaluator gives the output the original's label, else 1) has
 no gradient, and the paper treats the evaluator as a black box. Two ways to train against it:
@@ -358,7 +361,7 @@ def decisions_differ(reference: np.ndarray, probabilities: np.ndarray, kind: str
 # -- zeroth-order gradient ---------------------------------------------------------------------
 def estimate_score_gradient(score_fn: Callable[[np.ndarray], np.ndarray], faces: np.ndarray,
                             rng: np.random.Generator, sigma: float = 0.05, pairs: int = 4,
-                            grid: int = 16) -> np.ndarray:
+                            grid: int = 16, shared_channels: bool = False) -> np.ndarray:
     """Antithetic NES estimate of d score_i / d face_i for every face of the batch.
 
     Args:
@@ -368,6 +371,8 @@ def estimate_score_gradient(score_fn: Callable[[np.ndarray], np.ndarray], faces:
         sigma: perturbation size in intensity units.
         pairs: antithetic direction pairs per face.
         grid: directions are Gaussian on a ``grid x grid x 3`` lattice, bilinearly upsampled.
+        shared_channels: one direction for all colour channels (a brightness change), which
+            divides the search dimension by 3; most face services look at luminance.
 
     Returns:
         ``(B, S, S, 3) float32`` gradient estimate.
@@ -375,9 +380,12 @@ def estimate_score_gradient(score_fn: Callable[[np.ndarray], np.ndarray], faces:
     import cv2
 
     count, height, width, channels = faces.shape
-    coarse = rng.standard_normal((count * pairs, grid, grid, channels)).astype(np.float32)
+    drawn = 1 if shared_channels else channels
+    coarse = rng.standard_normal((count * pairs, grid, grid, drawn)).astype(np.float32)
     directions = np.stack([cv2.resize(cell, (width, height), interpolation=cv2.INTER_LINEAR)
-                           for cell in coarse]).reshape(count, pairs, height, width, channels)
+                           .reshape(height, width, drawn) for cell in coarse])
+    directions = np.broadcast_to(directions, (count * pairs, height, width, channels))
+    directions = directions.reshape(count, pairs, height, width, channels)
     probes = np.concatenate([faces[:, None] + sigma * directions,
                              faces[:, None] - sigma * directions], axis=1)
     probes = np.clip(probes, 0.0, 1.0).reshape(count * 2 * pairs, height, width, channels)
@@ -400,11 +408,17 @@ class TrainConfig:
     evaluator: str = "expression"
     score: str = "ce"
     learning_rate: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = 8
     sigma: float = 0.05
-    pairs: int = 2
-    grid: int = 16
+    pairs: int = 1
+    grid: int = 8
+    shared_channels: bool = True
     service_faces: int = 0  # black-box mode: faces per batch that get NES queries (0 = all)
+    # Black-box mode: each face's NES estimate is shrunk to at most this multiple of the norm of
+    # its reconstruction gradient 2(y - x) (0 = no cap). Measured: uncapped, the estimate's noise
+    # (norm ~sqrt(search dims) x the true gradient) swamped the fusion and the decoder collapsed
+    # to one flat colour within 5 epochs.
+    service_norm_cap: float = 1.0
     seed: int = 0
     eval_epochs: tuple[int, ...] = (10, 20, 30, 40)
     checkpoint_every: int = 5
@@ -425,7 +439,7 @@ class TrainConfig:
 
 # Keys that change what is being optimised: resuming with a different value is refused.
 _RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_size", "sigma",
-                "pairs", "grid", "service_faces", "seed")
+                "pairs", "grid", "shared_channels", "service_faces", "service_norm_cap", "seed")
 
 
 def _to_tensor(images: np.ndarray):
@@ -523,6 +537,10 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
             output = model(stack)
             faces = output.reconstruction
             mse = F.mse_loss(faces, target)
+            # Eq. 7's reconstruction term is a Gaussian log-likelihood: a per-image SUM of squared
+            # errors. A per-pixel mean would make it ~1e4 times weaker than the per-image service
+            # term and alpha meaningless (measured: the service noise then swamps the fusion).
+            reconstruction = F.mse_loss(faces, target, reduction="sum") / len(index)
             reference = train_reference[index]
             answers = None
             if config.alpha == 0.0:  # plain fusion: the service is not queried while training
@@ -555,16 +573,22 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
                     return scores
 
                 gradient = estimate_score_gradient(score_fn, images, rng, config.sigma,
-                                                   config.pairs, config.grid)
+                                                   config.pairs, config.grid,
+                                                   config.shared_channels)
                 gradient = torch.from_numpy(gradient).permute(0, 3, 1, 2)
+                if config.service_norm_cap > 0:
+                    own = (2.0 * (faces.detach()[:probed] - target[:probed])).flatten(1).norm(dim=1)
+                    size_now = gradient.flatten(1).norm(dim=1) + 1e-8
+                    shrink = torch.clamp(config.service_norm_cap * own / size_now, max=1.0)
+                    gradient = gradient * shrink[:, None, None, None]
                 # Surrogate whose gradient w.r.t. the output is the NES estimate (mean over the
                 # probed faces).
                 service = (gradient * faces[:probed]).sum() / probed
                 # The probes' mean score stands in for the score at the output (no extra query).
                 soft = probe_scores[0].reshape(probed, repeats).mean(axis=1)
-            loss = (config.alpha * service + (1.0 - config.alpha) * mse
+            loss = (config.alpha * service + (1.0 - config.alpha) * reconstruction
                     + output.codebook_loss + model.beta * output.commitment_loss)
-            reported = (config.alpha * float(soft.mean()) + (1.0 - config.alpha) * float(mse)
+            reported = (config.alpha * float(soft.mean()) + (1.0 - config.alpha) * float(reconstruction)
                         + float(output.codebook_loss) + model.beta * float(output.commitment_loss))
             optimizer.zero_grad()
             loss.backward()
