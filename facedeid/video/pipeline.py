@@ -241,8 +241,9 @@ def anonymize_video(source: str | os.PathLike, target: str | os.PathLike, anonym
         if video.decode_errors:
             warnings.append(f"{video.decode_errors} corrupt packet(s) skipped; the input may be "
                             "truncated or damaged")
-        if info.frames and not info.live and state.frames < 0.98 * info.frames - 1:
-            warnings.append(f"decoded {state.frames} of the {info.frames} frames the header "
+        announced = video.video.frames  # the header's count, not an estimate from duration
+        if announced and not info.live and state.frames < 0.98 * announced - 1:
+            warnings.append(f"decoded {state.frames} of the {announced} frames the header "
                             "announces; the file may be truncated")
         if state.tracker.track_count == 0:
             warnings.append("no face found in any frame; check the video by eye before publishing")
