@@ -30,7 +30,8 @@ examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("anonymize", help=HELP, description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image/video files and/or folders; for video also a webcam index or URL")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output folder (or an output file name for a single input file)")
     add_method_arguments(parser)
@@ -80,7 +81,8 @@ def _add_video_arguments(parser) -> None:
     video.add_argument("--no-audio", action="store_true",
                        help="drop audio (default: copy it unchanged, packet for packet)")
     video.add_argument("--boxes-out", metavar="FILE",
-                       help="write per-frame face boxes and track ids as JSON (single video)")
+                       help="write per-frame face boxes and track ids as JSON to FILE, or, when FILE "
+                            "is an existing folder, to FOLDER/<output name>.boxes.json per video")
     video.add_argument("--boxes-in", metavar="FILE",
                        help="use these per-frame boxes (the --boxes-out format) instead of detecting")
     video.add_argument("--max-frames", type=int, metavar="N",

@@ -412,8 +412,11 @@ def anonymize_video_job(job, anonymizer: Anonymizer, args, *, protected: set[Pat
     from ..batch import Outcome
     from ..errors import FaceDeidError
 
+    options = options_from_args(args)
+    if options.boxes_out is not None and options.boxes_out.is_dir():  # several videos, one folder
+        options.boxes_out = options.boxes_out / f"{Path(job.target).name}.boxes.json"
     try:
-        report = anonymize_video(str(job.source), job.target, anonymizer, options_from_args(args),
+        report = anonymize_video(str(job.source), job.target, anonymizer, options,
                                  protected=protected)
     except FaceDeidError as error:
         return Outcome(str(job.source), None, "failed", error=str(error))
