@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidInputError, InvalidParameterError
 
 HELP = "train a learned de-identification model (qmvae)"
 
@@ -121,8 +121,14 @@ def run_qmvae(args: argparse.Namespace) -> int:
     train_paths, test_paths = paths[:cut], paths[cut:]
     train = build_face_stacks(train_paths, inputs, args.size, cache_dir=args.cache_dir,
                               progress=not args.quiet)
-    test = build_face_stacks(test_paths, inputs, args.size, cache_dir=args.cache_dir,
-                             progress=not args.quiet) if test_paths else None
+    test = None
+    if test_paths:
+        try:
+            test = build_face_stacks(test_paths, inputs, args.size, cache_dir=args.cache_dir,
+                                     progress=not args.quiet)
+        except InvalidInputError as error:  # training can go on; only the test report is lost
+            print(f"test split unusable, no service loss rate will be reported: {error}",
+                  file=sys.stderr)
     for label, part, count in (("train", train, len(train_paths)),
                                ("test", test, len(test_paths))):
         if part is not None:

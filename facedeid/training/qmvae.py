@@ -588,19 +588,21 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
                 soft = probe_scores[0].reshape(probed, repeats).mean(axis=1)
             loss = (config.alpha * service + (1.0 - config.alpha) * reconstruction
                     + output.codebook_loss + model.beta * output.commitment_loss)
-            reported = (config.alpha * float(soft.mean()) + (1.0 - config.alpha) * float(reconstruction)
-                        + float(output.codebook_loss) + model.beta * float(output.commitment_loss))
+            reported = (config.alpha * float(soft.mean())
+                        + (1.0 - config.alpha) * float(reconstruction.detach())
+                        + float(output.codebook_loss.detach())
+                        + model.beta * float(output.commitment_loss.detach()))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             size = len(index)
             sums["loss"] += reported * size
-            sums["mse"] += float(mse) * size
+            sums["mse"] += float(mse.detach()) * size
             sums["service"] += float(soft.mean()) * size
             if answers is not None:
                 sums["changed"] += float(decisions_differ(reference, answers, evaluator.kind).sum())
             bar.update(1)
-            bar.set_postfix(epoch=epoch, mse=f"{float(mse):.4f}", svc=f"{float(soft.mean()):.3f}")
+            bar.set_postfix(epoch=epoch, mse=f"{float(mse.detach()):.4f}", svc=f"{float(soft.mean()):.3f}")
         record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v / len(train)
                                                      for k, v in sums.items()},
                                   "seconds": round(time.perf_counter() - started, 1)}
