@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 COMPARE_SPECS = [
     "mosaic", "blur", "pixelate",
-    "ksame:k=10,label=ksame (pixel k=10, per image)",
-    "ksame:k=10,variant=eigen,label=ksame (eigen k=10, per image)",
+    "ksame:k=10,label=ksame pixel k=10 (per image)",
+    "ksame:k=10,variant=eigen,label=ksame eigen k=10 (per image)",
     "dp_pix:eps=0.5,b=8,m=16,label=dp_pix (eps=0.5 b=8 m=16)",
     "dp_pix:eps=5,b=8,m=16,label=dp_pix (eps=5 b=8 m=16)",
     "dp_blur:eps=0.5,b=8,m=16,label=dp_blur (eps=0.5 b=8 m=16 d=1e-5)",
