@@ -25,6 +25,13 @@ The original face is only a target: it reaches the loss, never the network
 Data: aligned crops of every readable image with a detectable face; each registered method named
 in ``inputs`` is applied to the aligned crop to build the stack (:func:`build_face_stacks`).
 Unreadable images and images without a face are skipped and counted. Stacks are cached as npz.
+
+The shipped ``facedeid/checkpoints/qmvae_expression.pt`` was produced by (docs/checkpoints.md)::
+
+    python benchmarks/qmvae_paper.py --alpha 0.4 --epochs 40 --mode whitebox \
+        --out runs/qmvae/a0.4_white_e40.pt --json runs/qmvae/a0.4_white_e40.json
+    python -c "from facedeid.models.qmvae import export_checkpoint; \
+        export_checkpoint('runs/qmvae/a0.4_white_e40.pt', 'facedeid/checkpoints/qmvae_expression.pt')"
 """
 from __future__ import annotations
 
