@@ -123,10 +123,18 @@ def main() -> None:
     parser.add_argument("--celeba-count", type=int, default=200)
     parser.add_argument("--frames-per-clip", type=int, default=8)
     parser.add_argument("--out", default="runs/detectors.json")
+    parser.add_argument("--speed-only", action="store_true", help="only the timing table")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs the shared datasets at {DATA}")
     detectors = {name: create_detector(name) for name in DETECTORS}
+    if args.speed_only:
+        print("| detector | ms 178x218 | ms 1280x720 | ratio to Haar, 178x218 | ratio to Haar, 1280x720 |")
+        print("|---|---|---|---|---|")
+        for name, s in speed(detectors).items():
+            print(f"| {name} | {s['ms_178x218']} | {s['ms_1280x720']} | {s['vs_haar_178x218']} | "
+                  f"{s['vs_haar_1280x720']} |")
+        return
     results = {"celeba_id200": celeba_scores(detectors, args.celeba_count),
                "video_frames": video_scores(detectors, args.frames_per_clip),
                "speed": speed(detectors)}
