@@ -77,6 +77,21 @@ class Param:
         return f"{self.name}={self.default!r}: {self.help}{extra}"
 
 
+def require_positive(params: dict, name: str, meaning: str) -> None:
+    """Refuse a strictly positive parameter (a privacy budget, say) with a sentence naming it.
+
+    ``Param.minimum`` is inclusive and its message generic; a budget of 0 deserves better.
+    """
+    if name not in params:
+        return
+    try:
+        value = float(params[name])
+    except (TypeError, ValueError):
+        return  # Param.coerce reports the type error
+    if not np.isfinite(value) or value <= 0:
+        raise InvalidParameterError(f"{name} ({meaning}) must be > 0, got {params[name]!r}")
+
+
 @dataclass
 class FaceContext:
     """What a method may know about the face besides its pixels.

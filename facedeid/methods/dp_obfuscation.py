@@ -40,7 +40,7 @@ import numpy as np
 
 from ..alignment import FaceCrop
 from ..errors import InvalidParameterError
-from .base import DeidMethod, FaceContext, Param
+from .base import DeidMethod, FaceContext, Param, require_positive
 from .registry import register
 
 
@@ -180,14 +180,7 @@ class _DPMethod(DeidMethod):
 
     def __init__(self, **params):
         # eps <= 0 must fail with a sentence about ε, not a generic range message
-        if "eps" in params:
-            try:
-                value = float(params["eps"])
-            except (TypeError, ValueError):
-                value = None
-            if value is not None and (not np.isfinite(value) or value <= 0):
-                raise InvalidParameterError(
-                    f"eps (the privacy budget ε) must be > 0, got {params['eps']!r}")
+        require_positive(params, "eps", "the privacy budget ε")
         super().__init__(**params)
 
 

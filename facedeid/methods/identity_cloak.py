@@ -28,7 +28,7 @@ import numpy as np
 
 from ..alignment import FaceCrop
 from ..errors import InvalidParameterError
-from .base import DeidMethod, FaceContext, Param
+from .base import DeidMethod, FaceContext, Param, require_positive
 from .registry import register
 
 
@@ -115,14 +115,7 @@ class IdentityCloak(DeidMethod):
     )
 
     def __init__(self, **params):
-        if "eps" in params:
-            try:
-                value = float(params["eps"])
-            except (TypeError, ValueError):
-                value = None
-            if value is not None and not value > 0:
-                raise InvalidParameterError(
-                    f"eps (the L∞ budget in grey levels) must be > 0, got {params['eps']!r}")
+        require_positive(params, "eps", "the L∞ budget in grey levels")
         super().__init__(**params)
 
     def _model(self):
