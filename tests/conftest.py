@@ -1,6 +1,7 @@
 """Shared fixtures. Data-dependent tests skip with a reason when ../shared is absent."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,22 @@ def astronaut_face(astronaut, centerface):
     faces = centerface.detect(astronaut)
     assert len(faces) == 1
     return faces[0]
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run a block with ``count`` torch threads, then restore the previous setting."""
+    import torch
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks on a shared 2-core box: one thread avoids oversubscription stalls."""
+    with torch_threads(1):
+        yield

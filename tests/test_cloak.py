@@ -11,9 +11,14 @@ from facedeid.methods.identity_cloak import pgd_identity_cloak
 from facedeid.models.surrogate_recognizer import (CHECKPOINT, TRAIN_COMMAND, SurrogateRecognizer,
                                                   load_surrogate_recognizer)
 
-from .conftest import shared_path
+from .conftest import shared_path, torch_threads
 
-torch.set_num_threads(2)
+
+@pytest.fixture(scope="module", autouse=True)
+def two_torch_threads():
+    """PGD steps are the slow part; two threads, restored afterwards for the other test files."""
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

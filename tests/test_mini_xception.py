@@ -11,13 +11,7 @@ from facedeid.models.mini_xception import EXPRESSIONS, keras_layer_graph, load_m
 from .conftest import shared_path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny network on a shared 2-core CI box: one thread avoids oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from facedeid.evaluation.services.expression import choose_haar_face, gray_crop,
 from .conftest import shared_path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core CI box: one thread avoids oversubscription stalls."""
-    import torch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- pure logic (no models) ------------------------------------------------------------------
