@@ -81,6 +81,15 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+
+def _save_figure(fig, path: Path, dpi: int) -> Path:
+    """Lay out, write and close a figure (closing frees it: reports draw many)."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
 def plot_privacy_utility(results: dict, path: Path) -> Path | None:
     """Scatter: x = identification risk (rank-1), y = utility kept (1 - expression loss, or
     attribute accuracy, or SSIM when no service ran)."""
@@ -112,10 +121,7 @@ def plot_privacy_utility(results: dict, path: Path) -> Path | None:
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.set_title("privacy vs utility (best corner: top left)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=120)
 
 
 def plot_per_expression(results: dict, path: Path) -> Path | None:
@@ -142,10 +148,7 @@ def plot_per_expression(results: dict, path: Path) -> Path | None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("expression loss per class (QM-VAE Table 3 layout)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=120)
 
 
 def plot_samples(samples: dict, path: Path) -> Path | None:
@@ -173,10 +176,7 @@ def plot_samples(samples: dict, path: Path) -> Path | None:
                 ax.text(0.5, 0.5, "failed", ha="center", va="center", transform=ax.transAxes)
             if c == 0:
                 ax.set_ylabel(label[:22], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=110)
 
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
