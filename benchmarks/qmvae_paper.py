@@ -35,15 +35,20 @@ DEFAULT_INPUTS = ["blindfold", "mosaic:block_size=4", "laplace", "cartoon"]
 CACHE = REPO / "runs" / "qmvae_cache"
 
 
-def prepare(inputs: list[str], size: int = 64, limit: int = 1000, train_last: int = 800):
-    """``(train, test)`` face stacks of the paper's split (by file number, not face count)."""
+TEST_FILES = (801, 1000)  # §5.1: the last 20% of the first 1,000 images
+
+
+def prepare(inputs: list[str], size: int = 64, limit: int = 1000):
+    """``(train, test)`` face stacks split by file number (not face count): the test faces are
+    always files 000801-001000; every other file of the first ``limit`` is trained on (with
+    ``limit=10000`` that is "more data" measured on the paper's own test faces)."""
     from facedeid.training.qmvae import build_face_stacks, list_images
 
     paths = list_images(DATA / "img_align_celeba", limit)
     stacks = build_face_stacks(paths, inputs, size, cache_dir=CACHE)
     numbers = np.array([int(Path(name).stem) for name in stacks.names])
-    return (stacks.subset(np.flatnonzero(numbers <= train_last)),
-            stacks.subset(np.flatnonzero(numbers > train_last)))
+    is_test = (numbers >= TEST_FILES[0]) & (numbers <= TEST_FILES[1])
+    return stacks.subset(np.flatnonzero(~is_test)), stacks.subset(np.flatnonzero(is_test))
 
 
 class TestBench:
@@ -59,7 +64,23 @@ class TestBench:
         self.originals = [read_image(DATA / "img_align_celeba" / name).rgb for name in test.names]
         self.service = create_service("expression", crop="haar")
         self.reference = self.service.predict(self.originals, None)
+        self.boxes = self._detector_boxes()
+        # The second service (EEAE's attribute classifier), measured on every row: its crop is
+        # taken from the original's known box on both images.
+        self.attributes = create_service("attributes")
+        self.attribute_reference = self.attributes.predict(self.originals, self.boxes)
         self._privacy = None
+
+    def _detector_boxes(self) -> list[np.ndarray]:
+        from facedeid.detection import create_detector
+
+        detector = create_detector("centerface")
+        boxes = []
+        for image in self.originals:
+            faces = detector.detect(image)
+            boxes.append(max(faces, key=lambda f: f.width * f.height).box if faces else
+                         np.array([0, 0, image.shape[1], image.shape[0]], np.float32))
+        return boxes
 
     def paste(self, faces: np.ndarray) -> list[np.ndarray]:
         """Fused ``(N, S, S, 3) uint8`` faces pasted into copies of the test images."""
@@ -74,30 +95,29 @@ class TestBench:
 
     def service_metrics(self, images: list[np.ndarray]) -> dict:
         result = self.service.compare(self.reference, self.service.predict(images, None))
+        kept = self.attributes.compare(self.attribute_reference,
+                                       self.attributes.predict(images, self.boxes))
         return {"haar_service_loss_rate": result["service_loss_rate"],
                 "haar_per_class_loss_rate": result["per_class_loss_rate"],
                 "haar_per_class_count": result["per_class_count"],
                 "haar_found_rate_anonymized": result["found_rate_anonymized"],
-                "haar_loss_rate_both_found": result["service_loss_rate_both_found"]}
+                "haar_loss_rate_both_found": result["service_loss_rate_both_found"],
+                "attribute_agreement": kept["mean_attribute_accuracy"]}
 
     def _privacy_setup(self):
         if self._privacy is None:
-            from facedeid.detection import create_detector
             from facedeid.evaluation.recognizers import create_recognizer
 
-            detector = create_detector("centerface")
-            boxes = []
-            for image in self.originals:
-                faces = detector.detect(image)
-                boxes.append(max(faces, key=lambda f: f.width * f.height).box if faces else
-                             np.array([0, 0, image.shape[1], image.shape[0]], np.float32))
+            boxes = self.boxes
             recognizer = create_recognizer("dlib")
             identities = {}
             for line in (DATA / "identity_CelebA.txt").read_text().splitlines():
                 name, _, identity = line.partition(" ")
                 identities[name] = identity.strip()
             ids = [identities.get(name, name) for name in self.test.names]
-            self._privacy = (boxes, recognizer, recognizer.embed(self.originals, boxes), ids)
+            second = create_recognizer("surrogate")
+            self._privacy = (boxes, recognizer, recognizer.embed(self.originals, boxes), ids,
+                             second, second.embed(self.originals, boxes))
         return self._privacy
 
     def privacy_quality(self, images: list[np.ndarray]) -> dict:
@@ -105,14 +125,20 @@ class TestBench:
                                                  successful_deidentification_rate)
         from facedeid.evaluation.quality import image_quality
 
-        boxes, recognizer, original_embeddings, ids = self._privacy_setup()
+        boxes, recognizer, original_embeddings, ids, second, second_originals = \
+            self._privacy_setup()
         embeddings = recognizer.embed(images, boxes, reference_images=self.originals)
+        second_embeddings = second.embed(images, boxes, reference_images=self.originals)
         distances = identity_distance(original_embeddings, embeddings, recognizer.metric)
         quality = [image_quality(o, a, b) for o, a, b in zip(self.originals, images, boxes)]
         return {"sdr_dlib_0.6": successful_deidentification_rate(distances, 0.6),
                 "mean_identity_distance": float(distances.mean()),
                 "rank1_vs_test_originals": rank1_identification_rate(
                     embeddings, ids, original_embeddings, ids, recognizer.metric),
+                # The surrogate CosFace: a second attacker (trained on celeba-id200, not on
+                # these people); it is the identity term's recognizer when that term is on.
+                "rank1_surrogate_vs_test_originals": rank1_identification_rate(
+                    second_embeddings, ids, second_originals, ids, second.metric),
                 "face_ssim": float(np.mean([q["face_ssim"] for q in quality])),
                 "face_psnr": float(np.mean([q["face_psnr"] for q in quality]))}
 
@@ -130,7 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--alpha", type=float, default=0.4)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--mode", choices=("blackbox", "whitebox"), default="blackbox")
+    parser.add_argument("--mode", choices=("surrogate", "whitebox", "blackbox"), default="surrogate")
+    parser.add_argument("--reconstruction", choices=("mse", "sse"), default="sse")
+    parser.add_argument("--service-view", choices=("pasted", "crop"), default=None,
+                        help="default: pasted for expression, crop for attributes (that service "
+                             "crops from the known box, not a Haar window)")
+    parser.add_argument("--evaluator", choices=("expression", "attributes"), default="expression",
+                        help="the service trained against (both are measured on every run)")
+    parser.add_argument("--limit", type=int, default=1000,
+                        help="first N CelebA files; all but 801-1000 are trained on (10000 = "
+                             "the 'more data' run)")
+    parser.add_argument("--codebook-size", type=int, default=256)
+    parser.add_argument("--downsamples", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--identity-weight", type=float, default=0.0,
+                        help="gamma of the surrogate-recognizer identity term (0 = paper)")
+    parser.add_argument("--identity-margin", type=float, default=0.0)
     parser.add_argument("--inputs", default=";".join(DEFAULT_INPUTS),
                         help="input methods separated by ';'")
     parser.add_argument("--eval-epochs", default="10,20,30,40")
@@ -155,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from facedeid.models.qmvae import QMVAEConfig, load_qmvae
     from facedeid.training.qmvae import TrainConfig, train_qmvae
 
-    train, test = prepare(inputs)
+    service_view = args.service_view or ("pasted" if args.evaluator == "expression" else "crop")
+    train, test = prepare(inputs, limit=args.limit)
     if args.train_limit:
         train = train.subset(np.arange(min(args.train_limit, len(train))))
     bench = TestBench(test)
@@ -177,17 +219,22 @@ def main(argv: list[str] | None = None) -> int:
         eval_epochs = tuple(int(e) for e in args.eval_epochs.split(","))
         config = TrainConfig(alpha=args.alpha, epochs=args.epochs, mode=args.mode,
                              eval_epochs=eval_epochs, pairs=args.pairs,
-                             service_faces=args.service_faces, batch_size=args.batch_size)
+                             service_faces=args.service_faces, batch_size=args.batch_size,
+                             reconstruction=args.reconstruction, service_view=service_view,
+                             evaluator=args.evaluator, seed=args.seed, identity_weight=args.identity_weight,
+                             identity_margin=args.identity_margin)
 
         def on_eval(epoch, model):
             measured = bench.measure(model.fuse(test.stacks()), privacy=epoch == args.epochs)
             return {key: value for key, value in measured.items() if not isinstance(value, dict)}
 
         started = time.perf_counter()
-        model_config = QMVAEConfig(inputs=inputs, hidden=args.hidden, latent_dim=args.latent_dim)
+        model_config = QMVAEConfig(inputs=inputs, hidden=args.hidden, latent_dim=args.latent_dim,
+                                   codebook_size=args.codebook_size, downsamples=args.downsamples)
         model, history = train_qmvae(train, config, model_config, test=test,
                                      out=args.out, resume=args.resume, on_eval=on_eval)
         results.update({"alpha": args.alpha, "mode": args.mode, "epochs": args.epochs,
+                        "evaluator": args.evaluator, "reconstruction": args.reconstruction,
                         "wall_seconds": round(time.perf_counter() - started, 1),
                         "history": history})
         results["final"] = bench.measure(model.fuse(test.stacks()))

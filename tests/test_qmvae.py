@@ -11,9 +11,10 @@ torch = pytest.importorskip("torch")
 from facedeid.errors import FaceDeidError  # noqa: E402
 from facedeid.models.qmvae import (QMVAE, CheckpointError, QMVAEConfig, load_qmvae,  # noqa: E402
                                    read_checkpoint, save_checkpoint)
-from facedeid.training.qmvae import (BlackBoxEvaluatorError, FaceStacks, TrainConfig,  # noqa: E402
-                                     checked_probabilities, consistency_scores,
-                                     estimate_score_gradient, train_qmvae)
+from facedeid.training.qmvae import (BlackBoxEvaluatorError, FaceStacks,  # noqa: E402
+                                     ServiceViews, TrainConfig, checked_probabilities,
+                                     consistency_scores, estimate_score_gradient, render_views,
+                                     train_qmvae)
 
 SMALL = dict(image_size=32, hidden=16, latent_dim=8, codebook_size=16, downsamples=2,
              res_blocks=1)
@@ -134,12 +135,17 @@ def test_malformed_black_box_gives_clear_error(behaviour):
 
 
 def _toy_stacks(count=8, size=32, inputs=4, seed=0) -> FaceStacks:
+    """Random faces whose service window is the crop itself (identity grid, full weight)."""
     rng = np.random.default_rng(seed)
     originals = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     versions = np.stack([originals // 2 + rng.integers(0, 60, originals.shape, dtype=np.uint8)
                          for _ in range(inputs)], axis=1).astype(np.uint8)
+    xs, ys = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32))
+    views = ServiceViews(np.tile(np.stack([xs, ys], -1), (count, 1, 1, 1)),
+                         np.ones((count, size, size), np.float32), originals.copy(),
+                         np.ones(count, bool))
     return FaceStacks([f"{i}.png" for i in range(count)], originals, versions,
-                      np.tile(np.eye(2, 3, dtype=np.float32), (count, 1, 1)))
+                      np.tile(np.eye(2, 3, dtype=np.float32), (count, 1, 1)), views=views)
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
@@ -208,3 +214,91 @@ def test_split_input_list():
     from facedeid.cli.train import split_input_list
     assert split_input_list("blindfold,mosaic:block_size=4,laplace:lam=0.2,mu=0,cartoon") == [
         "blindfold", "mosaic:block_size=4", "laplace:lam=0.2,mu=0", "cartoon"]
+
+
+def test_rendered_view_is_what_the_haar_service_crops_after_paste_back(astronaut, astronaut_face):
+    """render_views (used in training) == paste_back + the expression service's own window."""
+    import dataclasses
+
+    import cv2
+
+    from facedeid.alignment import FaceAligner, paste_back
+    from facedeid.detection.haar import HaarDetector
+    from facedeid.evaluation.services import create_service
+    from facedeid.training.qmvae import service_view
+
+    image = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    # A half-size copy: the fixture is shared by the whole session and must stay as it is.
+    face = dataclasses.replace(astronaut_face, box=astronaut_face.box / 2,
+                               landmarks=astronaut_face.landmarks / 2)
+    crop = FaceAligner(size=64).align(image, face)
+    grid, weight, background, found = service_view(image, crop, face.box, HaarDetector())
+    assert found and weight.max() > 0.99 and weight.min() == 0.0  # the window shows the seam
+    # A fused face the Haar cascade still finds (mirrored, blurred): the service then crops the
+    # same window on the pasted image, so the two pictures must agree pixel for pixel.
+    fused = cv2.GaussianBlur(np.ascontiguousarray(crop.pixels[:, ::-1]), (3, 3), 0)
+    views = ServiceViews(grid[None], weight[None], background[None], np.array([found]))
+    rendered = render_views(torch.from_numpy(fused).permute(2, 0, 1)[None].float() / 255, views)
+    rendered = (rendered[0].permute(1, 2, 0).numpy() * 255).astype(np.float32)
+    rendered_gray = rendered @ np.array([0.299, 0.587, 0.114], np.float32)
+    service = create_service("expression", crop="haar")
+    pasted = paste_back(image.copy(), crop, fused)
+    # The service's window on the pasted image, with the original's window as the known box.
+    service_gray, _ = service.face_crops([pasted], [face.box])
+    difference = np.abs(rendered_gray - service_gray[0].astype(np.float32))
+    assert np.median(difference) < 6 and difference.mean() < 12  # same picture, resampled
+    original_gray, _ = service.face_crops([image], [face.box])
+    assert np.abs(background @ np.array([0.299, 0.587, 0.114]) - original_gray[0]).mean() < 3
+
+
+def test_online_surrogate_imitates_a_black_box_from_answers_only():
+    from facedeid.training.service_surrogate import OnlineSurrogate
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (512, 16, 16, 3), dtype=np.uint8)
+    images[:256] //= 3  # dark half
+    answers = checked_probabilities(_Evaluator(), images.astype(np.float32) / 255)
+    student = OnlineSurrogate(3, "multiclass", seed=0, learning_rate=3e-3)
+    student.remember(images, answers)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    before = student.agreement(tensor, answers)
+    student.warm_up(150, batch_size=64)
+    assert student.queries == 512
+    assert student.agreement(tensor, answers) > max(0.9, before + 0.2)
+    # Its service loss has a gradient pointing the image towards the wanted decision.
+    dark = tensor[:4].clone().requires_grad_(True)
+    bright_label = np.tile([1.0, 0.0, 0.0], (4, 1))  # class 0 = bright for the toy service
+    student.service_loss(dark, bright_label).backward()
+    assert float(dark.grad.mean()) < 0  # descending the loss brightens the image
+
+
+def test_surrogate_mode_trains_and_counts_its_queries(tmp_path):
+    stacks = _toy_stacks(count=8, size=32)
+    config = TrainConfig(alpha=0.5, epochs=2, batch_size=4, mode="surrogate",
+                         surrogate_warmup_steps=5, eval_epochs=(2,))
+    _, history = train_qmvae(stacks, config, QMVAEConfig(**SMALL), test=stacks,
+                             out=tmp_path / "s.pt", progress=False, evaluator=_Evaluator())
+    # warm-up: originals + 4 inputs, once each; then one query per fused face per epoch
+    assert history[0]["surrogate_warmup_queries"] == 8 * 5
+    assert history[-1]["surrogate_queries"] == 8 * 5 + 2 * 8
+    assert "surrogate" in read_checkpoint(tmp_path / "s.pt")
+
+
+def test_pasted_view_needs_views_and_says_so():
+    stacks = _toy_stacks()
+    stacks.views = None
+    with pytest.raises(FaceDeidError, match="service_view"):
+        train_qmvae(stacks, TrainConfig(epochs=1, batch_size=4), QMVAEConfig(**SMALL),
+                    progress=False, evaluator=_Evaluator())
+
+
+def test_identity_term_pushes_the_surrogate_identity_away(one_torch_thread):
+    """With gamma > 0 the fused faces' cosine to their originals (surrogate CosFace) drops."""
+    pytest.importorskip("facedeid.models.surrogate_recognizer")
+    stacks = _toy_stacks(count=8, size=32)
+    config = TrainConfig(alpha=0.0, epochs=25, batch_size=8, service_view="crop", seed=0,
+                         reconstruction="mse", identity_weight=5.0)
+    _, history = train_qmvae(stacks, config, QMVAEConfig(**SMALL), progress=False,
+                             evaluator=_Evaluator())
+    cosines = [record["train_identity_cos"] for record in history]
+    assert cosines[-1] < cosines[0] - 0.1, cosines

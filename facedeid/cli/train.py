@@ -10,14 +10,20 @@ import json
 import sys
 
 from ..errors import InvalidInputError, InvalidParameterError
+from ..training.qmvae import MODES, TrainConfig
 
 HELP = "train a learned de-identification model (qmvae)"
 
 QMVAE_DESCRIPTION = """\
 Train QM-VAE (Qiu et al. 2022): the de-identified versions of every face (--inputs) are fused
-by a VQ-VAE trained with Eq. 7, alpha * service loss + (1 - alpha) * MSE + VQ terms, where the
-service (--evaluator) is queried as a black box (NES gradient estimate) or, with
---mode whitebox, back-propagated through. The original face is a training target only.
+by a VQ-VAE trained with Eq. 7, alpha * service loss + (1 - alpha) * reconstruction + VQ terms.
+The service (--evaluator) is a black box: by default (--mode surrogate) a small student network
+is fitted online to the service's answers and its gradient stands in for the service's; with
+--mode blackbox the gradient is a zeroth-order NES estimate from queries alone; with
+--mode whitebox (expression only) it is back-propagated through the real network. The service
+sees each fused face pasted back into its photo and cropped where it would crop it
+(--service-view pasted), as in the paper's workflow. The original face is a training target
+only, never an input.
 
 Images in --data are sorted by name; the first --train-fraction are trained on, the rest are
 used to report the service loss rate. Unreadable images and images without a detected face are
@@ -69,8 +75,23 @@ def _register_qmvae(trainers) -> None:
                         help="first fraction of the images to train on (default 0.8, as §5.1)")
     parser.add_argument("--evaluator", default="expression",
                         help="service to preserve: expression (default) or attributes")
-    parser.add_argument("--mode", choices=("blackbox", "whitebox"), default="blackbox",
-                        help="black-box NES estimate (default) or back-propagation")
+    parser.add_argument("--mode", choices=MODES, default=TrainConfig.mode,
+                        help="how the service loss gets a gradient: surrogate (default; an "
+                             "online student of the black box), blackbox (NES estimate) or "
+                             "whitebox (back-propagation, expression only)")
+    parser.add_argument("--reconstruction", choices=("mse", "sse"),
+                        default=TrainConfig.reconstruction,
+                        help="reconstruction term of Eq. 7: per-pixel mean or per-face sum of "
+                             "squared errors (default %(default)s)")
+    parser.add_argument("--service-view", choices=("pasted", "crop"),
+                        default=TrainConfig.service_view,
+                        help="what the service is shown in training: the fused face pasted "
+                             "back and cropped as the service crops it, or the bare crop")
+    parser.add_argument("--identity-weight", type=float, default=0.0,
+                        help="gamma of an extra term pushing the fused face away from the "
+                             "original's identity (project's surrogate recognizer; 0 = paper)")
+    parser.add_argument("--identity-margin", type=float, default=0.0,
+                        help="cosine below which the identity term stops pushing")
     parser.add_argument("--alpha", type=float, default=0.4, help="service weight of Eq. 7")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--inputs", default="blindfold,mosaic:block_size=4,laplace,cartoon",
@@ -103,7 +124,7 @@ def run_qmvae(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.qmvae import QMVAEConfig
-    from ..training.qmvae import TrainConfig, build_face_stacks, list_images, train_qmvae
+    from ..training.qmvae import build_face_stacks, list_images, train_qmvae
 
     if not 0.0 < args.train_fraction <= 1.0:
         raise InvalidParameterError("--train-fraction must be in (0, 1]")
@@ -111,6 +132,9 @@ def run_qmvae(args: argparse.Namespace) -> int:
     inputs = split_input_list(args.inputs)
     config = TrainConfig(alpha=args.alpha, epochs=args.epochs, mode=args.mode,
                          evaluator=args.evaluator, score=args.score, batch_size=args.batch_size,
+                         reconstruction=args.reconstruction, service_view=args.service_view,
+                         identity_weight=args.identity_weight,
+                         identity_margin=args.identity_margin,
                          sigma=args.sigma, pairs=args.pairs, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
     config.check()

@@ -258,10 +258,12 @@ def load_qmvae(path: str | os.PathLike) -> tuple[QMVAE, dict[str, Any]]:
 
 
 def export_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Copy a training checkpoint without its optimizer state (what ships in checkpoints/)."""
+    """Copy a training checkpoint without its training-only state (what ships in checkpoints/):
+    the optimizer and, for surrogate-mode runs, the service student, which are needed to resume
+    training but not to anonymize."""
     payload = read_checkpoint(source)
     model = QMVAE(QMVAEConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     kept = {key: value for key, value in payload.items()
-            if key not in ("format", "config", "state_dict", "optimizer")}
+            if key not in ("format", "config", "state_dict", "optimizer", "surrogate")}
     return save_checkpoint(destination, model, {**kept, "exported_from": str(source)})
