@@ -10,7 +10,7 @@ Run::
 
     python benchmarks/qmvae_sweep.py --alphas 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 --epochs 40
     python benchmarks/qmvae_sweep.py --inputs-ablation --alphas 0.4 --epochs 40
-    python benchmarks/qmvae_sweep.py --plot --report
+    python benchmarks/qmvae_sweep.py --plot --report --also runs/qmvae/*.json
 """
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def plot(path: Path) -> None:
     for epoch, points in sorted(curves.items()):
         axis.plot(*zip(*sorted(points)), marker="o", label=f"{epoch} epochs")
     axis.axhline(0.14, color="gray", linestyle="--", linewidth=1, label="paper, alpha 0.4 @ 40")
+    baselines = REPO / "runs" / "qmvae" / "baselines.json"  # qmvae_paper.py --baselines
+    if baselines.is_file():
+        floor = json.loads(baselines.read_text())["original crop"]["haar_service_loss_rate"]
+        axis.axhline(floor, color="black", linestyle=":", linewidth=1,
+                     label="original crop pasted back (floor)")
     axis.set_xlabel("alpha (weight of the service loss in Eq. 7)")
     axis.set_ylabel("service loss rate (Eq. 8, Haar workflow)")
     axis.set_title("QM-VAE on CelebA 801-1000 (200 test faces)", fontsize=9)
@@ -83,9 +88,16 @@ def _loss_at(data: dict, epoch: int) -> str:
     return ""
 
 
-def report() -> None:
-    """Markdown rows for docs/benchmarks.md: Fig. 6 as a table, Table 4 and the ablation."""
-    runs = {file.stem: json.loads(file.read_text()) for file in sorted(OUT.glob("alpha*.json"))}
+def report(also: list[str]) -> None:
+    """Markdown rows for docs/benchmarks.md: Fig. 6 as a table, Table 4 and the ablation, plus
+    the single runs named in ``also`` (result JSON files of qmvae_paper.py)."""
+    files = sorted(OUT.glob("alpha*.json")) + [Path(name) for name in also]
+    loaded = {file.stem: json.loads(file.read_text()) for file in files}
+    runs = {tag: data for tag, data in loaded.items() if "alpha" in data}  # training runs
+    # --baselines files: one block of metrics per operator (and the "original crop" floor)
+    operators = {f"{tag}: {name}": block for tag, data in loaded.items() if "alpha" not in data
+                 for name, block in data.items()
+                 if isinstance(block, dict) and "haar_per_class_loss_rate" in block}
     print("| run | loss @10 | @20 | @30 | @40 | found | SDR@0.6 | rank-1 dlib | rank-1 CosFace "
           "| face SSIM | face PSNR | attr. agreement | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -95,12 +107,31 @@ def report() -> None:
               + " | ".join(f"{end[key]:.3f}" for key in (
                   "haar_found_rate_anonymized", "sdr_dlib_0.6", "rank1_vs_test_originals",
                   "rank1_surrogate_vs_test_originals", "face_ssim")) + f" | {end['face_psnr']:.1f}"
-              + f" | {end.get('attribute_agreement', float('nan')):.3f}"
+              + " | " + (f"{end['attribute_agreement']:.3f}" if "attribute_agreement" in end
+                         else "–")  # runs older than the attribute metric
               + f" | {data.get('wall_seconds', '')} |")
+    if operators:
+        print("\n| operator row | loss | found | SDR@0.6 | rank-1 dlib | rank-1 CosFace "
+              "| face SSIM | face PSNR | attr. agreement |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, block in operators.items():
+            print(f"| {name} | " + " | ".join(f"{block[key]:.3f}" for key in (
+                "haar_service_loss_rate", "haar_found_rate_anonymized", "sdr_dlib_0.6",
+                "rank1_vs_test_originals", "rank1_surrogate_vs_test_originals", "face_ssim"))
+                + f" | {block['face_psnr']:.1f} | {block['attribute_agreement']:.3f} |")
+    expressions = ("angry", "fear", "happy", "sad", "surprise", "neutral")  # no test face: disgust
+    print("\nTable 3 (loss rate per original expression, last epoch):\n")
+    print("| row | all | " + " | ".join(expressions) + " |\n" + "|---" * (len(expressions) + 2)
+          + "|")
+    blocks = {tag: _final(data) for tag, data in runs.items()} | operators
+    for name, block in blocks.items():
+        per_class = block["haar_per_class_loss_rate"]
+        print(f"| {name} | {block['haar_service_loss_rate']:.3f} | "
+              + " | ".join(f"{per_class[e]:.3f}" for e in expressions) + " |")
     print("\nTable 4 (coefficient of the reconstruction term c = 1 - alpha):\n")
     print("| c | loss @20 | loss @40 |\n|---|---|---|")
     for tag, data in sorted(runs.items(), key=lambda item: -item[1]["alpha"]):
-        if tag.endswith("_inputs4"):
+        if tag.startswith("alpha") and tag.endswith("_inputs4"):
             print(f"| {1 - data['alpha']:.1f} | {_loss_at(data, 20)} | {_loss_at(data, 40)} |")
 
 
@@ -112,6 +143,8 @@ def main() -> int:
     parser.add_argument("--plot", action="store_true", help="only draw Fig. 6 from the results")
     parser.add_argument("--report", action="store_true",
                         help="only print the result tables (markdown) from the results")
+    parser.add_argument("--also", nargs="*", default=[], metavar="JSON",
+                        help="with --report: further result files to list")
     parser.add_argument("extra", nargs="*", help="passed to qmvae_paper.py (after --)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -119,7 +152,7 @@ def main() -> int:
         if args.plot:
             plot(REPO / "docs" / "img" / "qmvae_fig6_alpha_sweep.png")
         if args.report:
-            report()
+            report(args.also)
         return 0
     counts = (3, 4, 5) if args.inputs_ablation else (4,)
     for alpha in (float(a) for a in args.alphas.split(",")):

@@ -302,3 +302,31 @@ def test_identity_term_pushes_the_surrogate_identity_away(one_torch_thread):
                              evaluator=_Evaluator())
     cosines = [record["train_identity_cos"] for record in history]
     assert cosines[-1] < cosines[0] - 0.1, cosines
+
+
+def test_train_command_skips_bad_images_and_writes_a_usable_checkpoint(astronaut, tmp_path,
+                                                                       capsys):
+    """The CLI on a folder with real faces, an unreadable file and a faceless image."""
+    import cv2
+
+    from facedeid.cli import main
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    for index, side in enumerate((256, 240, 224, 208, 200)):
+        face = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(data / f"{index:02d}.png"), face[:, :, ::-1])
+    (data / "05.jpg").write_bytes(b"not a JPEG at all")
+    cv2.imwrite(str(data / "06.png"), np.full((128, 128, 3), 127, np.uint8))
+    out = tmp_path / "q.pt"
+    code = main(["train", "qmvae", "--data", str(data), "--train-fraction", "1.0",
+                 "--epochs", "1", "--batch-size", "4", "--hidden", "16", "--latent-dim", "8",
+                 "--codebook-size", "16", "--surrogate-warmup", "5", "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(out), "-q"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "unreadable" in captured.err and "no_face" in captured.err
+    model, payload = load_qmvae(out)
+    assert payload["train_config"]["mode"] == "surrogate" and payload["training_faces"] == 5
+    assert payload["history"][-1]["surrogate_queries"] > 0
+    assert model.config.num_inputs == 4

@@ -32,7 +32,7 @@ skipped and counted. Checkpoints are written atomically every --checkpoint-every
 
 examples:
   facedeid train qmvae --data ../shared/data/celeba-first10k/img_align_celeba --limit 1000 \\
-      --evaluator expression --alpha 0.4 --epochs 40 --out qmvae.pt
+      --evaluator expression --alpha 0.9 --epochs 40 --out qmvae.pt
   facedeid train qmvae --data faces/ --inputs blindfold,mosaic:block_size=6,laplace --resume \\
       --out qmvae.pt
   facedeid anonymize photo.jpg -o out.jpg --method qmvae --param checkpoint=qmvae.pt
@@ -87,12 +87,17 @@ def _register_qmvae(trainers) -> None:
                         default=TrainConfig.service_view,
                         help="what the service is shown in training: the fused face pasted "
                              "back and cropped as the service crops it, or the bare crop")
+    parser.add_argument("--surrogate-warmup", type=int, default=TrainConfig.surrogate_warmup_steps,
+                        help="student steps on the originals' and inputs' answers before "
+                             "training (surrogate mode; default %(default)s)")
     parser.add_argument("--identity-weight", type=float, default=0.0,
                         help="gamma of an extra term pushing the fused face away from the "
                              "original's identity (project's surrogate recognizer; 0 = paper)")
     parser.add_argument("--identity-margin", type=float, default=0.0,
                         help="cosine below which the identity term stops pushing")
-    parser.add_argument("--alpha", type=float, default=0.4, help="service weight of Eq. 7")
+    parser.add_argument("--alpha", type=float, default=TrainConfig.alpha,
+                        help="service weight of Eq. 7 (default %(default)s, the best of the "
+                             "measured sweep; see docs/benchmarks.md)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--inputs", default="blindfold,mosaic:block_size=4,laplace,cartoon",
                         help="de-identification methods fused, comma-separated, each optionally "
@@ -135,6 +140,7 @@ def run_qmvae(args: argparse.Namespace) -> int:
                          reconstruction=args.reconstruction, service_view=args.service_view,
                          identity_weight=args.identity_weight,
                          identity_margin=args.identity_margin,
+                         surrogate_warmup_steps=args.surrogate_warmup,
                          sigma=args.sigma, pairs=args.pairs, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
     config.check()
