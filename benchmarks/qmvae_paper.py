@@ -157,12 +157,15 @@ class TestBench:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from facedeid.models.qmvae import QMVAEConfig, load_qmvae
+    from facedeid.training.qmvae import MODES, TrainConfig, train_qmvae
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--alpha", type=float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--mode", choices=("surrogate", "whitebox", "blackbox"),
-                        default="surrogate")
-    parser.add_argument("--reconstruction", choices=("mse", "sse"), default="sse")
+    parser.add_argument("--alpha", type=float, default=TrainConfig.alpha)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--mode", choices=MODES, default=TrainConfig.mode)
+    parser.add_argument("--reconstruction", choices=("mse", "sse"),
+                        default=TrainConfig.reconstruction)
     parser.add_argument("--service-view", choices=("pasted", "crop"), default=None,
                         help="default: pasted for expression, crop for attributes (that service "
                              "crops from the known box, not a Haar window)")
@@ -198,9 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     inputs = [spec for spec in args.inputs.split(";") if spec]
-
-    from facedeid.models.qmvae import QMVAEConfig, load_qmvae
-    from facedeid.training.qmvae import TrainConfig, train_qmvae
 
     service_view = args.service_view or ("pasted" if args.evaluator == "expression" else "crop")
     train, test = prepare(inputs, size=args.size, limit=args.limit)

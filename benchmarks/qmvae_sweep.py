@@ -88,6 +88,17 @@ def _loss_at(data: dict, epoch: int) -> str:
     return ""
 
 
+def _metric_cells(block: dict) -> str:
+    """The privacy / quality / second-service cells shared by every row of the report."""
+    cells = [f"{block[key]:.3f}" for key in (
+        "haar_found_rate_anonymized", "sdr_dlib_0.6", "rank1_vs_test_originals",
+        "rank1_surrogate_vs_test_originals", "face_ssim")]
+    cells.append(f"{block['face_psnr']:.1f}")
+    # runs older than the attribute metric have none
+    cells.append(f"{block['attribute_agreement']:.3f}" if "attribute_agreement" in block else "–")
+    return " | ".join(cells)
+
+
 def report(also: list[str]) -> None:
     """Markdown rows for docs/benchmarks.md: Fig. 6 as a table, Table 4 and the ablation, plus
     the single runs named in ``also`` (result JSON files of qmvae_paper.py)."""
@@ -103,22 +114,14 @@ def report(also: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, data in sorted(runs.items(), key=lambda item: (item[1]["alpha"], item[0])):
         end = _final(data)
-        print(f"| {tag} | " + " | ".join(_loss_at(data, e) for e in (10, 20, 30, 40)) + " | "
-              + " | ".join(f"{end[key]:.3f}" for key in (
-                  "haar_found_rate_anonymized", "sdr_dlib_0.6", "rank1_vs_test_originals",
-                  "rank1_surrogate_vs_test_originals", "face_ssim")) + f" | {end['face_psnr']:.1f}"
-              + " | " + (f"{end['attribute_agreement']:.3f}" if "attribute_agreement" in end
-                         else "–")  # runs older than the attribute metric
-              + f" | {data.get('wall_seconds', '')} |")
+        print(f"| {tag} | " + " | ".join(_loss_at(data, e) for e in (10, 20, 30, 40))
+              + f" | {_metric_cells(end)} | {data.get('wall_seconds', '')} |")
     if operators:
         print("\n| operator row | loss | found | SDR@0.6 | rank-1 dlib | rank-1 CosFace "
               "| face SSIM | face PSNR | attr. agreement |")
         print("|---|---|---|---|---|---|---|---|---|")
         for name, block in operators.items():
-            print(f"| {name} | " + " | ".join(f"{block[key]:.3f}" for key in (
-                "haar_service_loss_rate", "haar_found_rate_anonymized", "sdr_dlib_0.6",
-                "rank1_vs_test_originals", "rank1_surrogate_vs_test_originals", "face_ssim"))
-                + f" | {block['face_psnr']:.1f} | {block['attribute_agreement']:.3f} |")
+            print(f"| {name} | {block['haar_service_loss_rate']:.3f} | {_metric_cells(block)} |")
     expressions = ("angry", "fear", "happy", "sad", "surprise", "neutral")  # no test face: disgust
     print("\nTable 3 (loss rate per original expression, last epoch):\n")
     print("| row | all | " + " | ".join(expressions) + " |\n" + "|---" * (len(expressions) + 2)

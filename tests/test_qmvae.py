@@ -282,6 +282,14 @@ def test_surrogate_mode_trains_and_counts_its_queries(tmp_path):
     assert history[0]["surrogate_warmup_queries"] == 8 * 5
     assert history[-1]["surrogate_queries"] == 8 * 5 + 2 * 8
     assert "surrogate" in read_checkpoint(tmp_path / "s.pt")
+    # Resuming loads the stored student (no second warm-up) and keeps counting the run's total:
+    # the pool is answered again (8 originals + 4 x 8 inputs), then one epoch of 8 faces.
+    config.epochs = 3
+    _, resumed = train_qmvae(stacks, config, QMVAEConfig(**SMALL), test=stacks,
+                             out=tmp_path / "s.pt", resume=True, progress=False,
+                             evaluator=_Evaluator())
+    assert "surrogate_warmup_loss" not in resumed[-1]
+    assert resumed[-1]["surrogate_queries"] == (8 * 5 + 2 * 8) + 8 * 5 + 8
 
 
 def test_pasted_view_needs_views_and_says_so():

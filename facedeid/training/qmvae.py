@@ -421,7 +421,7 @@ class ServiceBlackBox:
         self.kind = "multilabel" if service_name == "attributes" else "multiclass"
 
     def probabilities(self, faces: np.ndarray) -> np.ndarray:
-        images = list(np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8))
+        images = list(_unit_to_uint8(faces))
         boxes = [np.array([0, 0, face.shape[1], face.shape[0]], np.float32) for face in images]
         return np.asarray(self.service.predict(images, boxes).probabilities)
 
@@ -590,6 +590,11 @@ _RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_s
                 "identity_weight", "identity_margin", "seed")
 
 
+def _unit_to_uint8(images: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` float images -> rounded ``uint8`` (what a service or the student is given)."""
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
 def _to_tensor(images: np.ndarray):
     import torch
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -652,32 +657,41 @@ class _ServiceTerm:
         self.surrogate = None
         self.last_soft = np.zeros(0)
 
-    def start_surrogate(self, train: FaceStacks, classes: int, progress: bool) -> dict[str, float]:
-        """Warm the student up on the originals and the de-identified inputs, as the service sees
-        them; returns the queries spent and the student's agreement with the black box."""
+    def start_surrogate(self, train: FaceStacks, reference: np.ndarray,
+                        stored: dict | None = None) -> dict[str, float]:
+        """Fill the student's replay pool with the originals (their answers: ``reference``, the
+        run's fixed targets) and the de-identified inputs as the service sees them, then warm it
+        up -- or, when resuming, load the ``stored`` student instead. Returns the queries spent
+        and the student's agreement with the black box."""
         import torch
 
         from .service_surrogate import OnlineSurrogate
 
-        self.surrogate = OnlineSurrogate(classes, self.evaluator.kind, seed=self.config.seed)
-        pools = [original_service_inputs(train, self.config)]
+        self.surrogate = OnlineSurrogate(reference.shape[1], self.evaluator.kind,
+                                         seed=self.config.seed)
+        self.surrogate.remember(_unit_to_uint8(original_service_inputs(train, self.config)),
+                                reference)
         for position in range(train.versions.shape[1]):
             version = _to_tensor(train.versions[:, position])
             with torch.no_grad():
-                pools.append(_to_images(service_inputs(train, version, self.config)))
-        for pool in pools:
+                pool = _to_images(service_inputs(train, version, self.config))
             for first in range(0, len(pool), 256):
                 chunk = pool[first:first + 256]
-                answers = checked_probabilities(self.evaluator, chunk)
-                self.surrogate.remember(np.clip(np.rint(chunk * 255), 0, 255).astype(np.uint8),
-                                        answers)
-        loss = self.surrogate.warm_up(self.config.surrogate_warmup_steps)
+                self.surrogate.remember(_unit_to_uint8(chunk),
+                                        checked_probabilities(self.evaluator, chunk))
+        setup: dict[str, float] = {"surrogate_warmup_queries": self.surrogate.queries}
+        if stored is not None:
+            self.surrogate.network.load_state_dict(stored["network"])
+            self.surrogate.optimizer.load_state_dict(stored["optimizer"])
+            self.surrogate.queries += stored["queries"]  # the run's total, not this session's
+        else:
+            setup["surrogate_warmup_loss"] = self.surrogate.warm_up(
+                self.config.surrogate_warmup_steps)
         sample = self.rng.integers(0, len(self.surrogate.pool_images), size=512)
         agreement = self.surrogate.agreement(
             torch.from_numpy(self.surrogate.pool_images[sample]).permute(0, 3, 1, 2).float() / 255,
             self.surrogate.pool_answers[sample])
-        return {"surrogate_warmup_queries": self.surrogate.queries,
-                "surrogate_warmup_loss": loss, "surrogate_warmup_agreement": agreement}
+        return {**setup, "surrogate_warmup_agreement": agreement}
 
     def __call__(self, shown, reference: np.ndarray, cap_norms=None):
         """``cap_norms``: per-face norms of the reconstruction gradient (NES cap, blackbox only)."""
@@ -702,8 +716,7 @@ class _ServiceTerm:
         if config.mode == "surrogate":
             images = _to_images(shown)
             answers = checked_probabilities(self.evaluator, images)  # one query per fused face
-            self.surrogate.remember(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8),
-                                    answers)
+            self.surrogate.remember(_unit_to_uint8(images), answers)
             self.surrogate.step(shown, answers)
             self.last_soft = consistency_scores(reference, answers, kind, config.score)
             return self.surrogate.service_loss(shown, reference), answers
@@ -800,10 +813,7 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
     service_term = _ServiceTerm(config, evaluator, white_box, rng)
     setup: dict[str, Any] = {}
     if config.mode == "surrogate" and config.alpha > 0:
-        setup = service_term.start_surrogate(train, train_reference.shape[1], progress)
-        if stored_student is not None:
-            service_term.surrogate.network.load_state_dict(stored_student["network"])
-            service_term.surrogate.optimizer.load_state_dict(stored_student["optimizer"])
+        setup = service_term.start_surrogate(train, train_reference, stored_student)
         log.info("surrogate warm-up: %s", setup)
 
     identity = None
@@ -842,7 +852,8 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
                 F.mse_loss(faces, target, reduction="sum") / len(index)
             reference = train_reference[index]
             shown = service_inputs(train, faces, config, index) if config.alpha > 0 else faces
-            cap_norms = (2.0 * (faces.detach() - target)).flatten(1).norm(dim=1)
+            cap_norms = (2.0 * (faces.detach() - target)).flatten(1).norm(dim=1) \
+                if config.mode == "blackbox" else None
             service, answers = service_term(shown, reference, cap_norms)
             soft = service_term.last_soft
             loss = (config.alpha * service + (1.0 - config.alpha) * reconstruction
