@@ -74,6 +74,7 @@ class TestBench:
         self.attributes = create_service("attributes")
         self.attribute_reference = self.attributes.predict(self.originals, self.boxes)
         self._privacy = None
+        self._window_service = None
 
     def _detector_boxes(self) -> list[np.ndarray]:
         from facedeid.detection import create_detector
@@ -146,9 +147,27 @@ class TestBench:
                 "face_ssim": float(np.mean([q["face_ssim"] for q in quality])),
                 "face_psnr": float(np.mean([q["face_psnr"] for q in quality]))}
 
+    def loss_on_original_windows(self, faces: np.ndarray) -> float:
+        """Eq. 8 with the service shown each pasted-back face on the *original's* Haar window
+        (what training optimises), not on a window Haar finds again on the output; the gap
+        to ``haar_service_loss_rate`` is what the moving window costs."""
+        from facedeid.training.qmvae import (ExpressionBlackBox, TrainConfig, _to_images,
+                                             _to_tensor, checked_probabilities, decisions_differ,
+                                             original_service_inputs, service_inputs)
+
+        if self._window_service is None:
+            self._window_service = ExpressionBlackBox()
+        config = TrainConfig(service_view="pasted")
+        reference = checked_probabilities(self._window_service,
+                                          original_service_inputs(self.test, config))
+        shown = _to_images(service_inputs(self.test, _to_tensor(faces), config))
+        answers = checked_probabilities(self._window_service, shown)
+        return float(decisions_differ(reference, answers, "multiclass").mean())
+
     def measure(self, faces: np.ndarray, privacy: bool = True) -> dict:
         images = self.paste(faces)
         result = self.service_metrics(images)
+        result["loss_on_original_windows"] = self.loss_on_original_windows(faces)
         if privacy:
             result.update(self.privacy_quality(images))
         return result
@@ -181,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity-weight", type=float, default=0.0,
                         help="gamma of the surrogate-recognizer identity term (0 = paper)")
     parser.add_argument("--identity-margin", type=float, default=0.0)
+    parser.add_argument("--service-head", type=float, default=0.0,
+                        help="weight of the service head on the codes (0 = paper's model)")
     parser.add_argument("--inputs", default=";".join(DEFAULT_INPUTS),
                         help="input methods separated by ';'")
     parser.add_argument("--eval-epochs", default="10,20,30,40")
@@ -232,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                              reconstruction=args.reconstruction, service_view=service_view,
                              evaluator=args.evaluator, seed=args.seed,
                              identity_weight=args.identity_weight,
-                             identity_margin=args.identity_margin)
+                             identity_margin=args.identity_margin,
+                             service_head_weight=args.service_head)
 
         def on_eval(epoch, model):
             measured = bench.measure(model.fuse(test.stacks()), privacy=epoch == args.epochs)

@@ -109,13 +109,14 @@ def report(also: list[str]) -> None:
     operators = {f"{tag}: {name}": block for tag, data in loaded.items() if "alpha" not in data
                  for name, block in data.items()
                  if isinstance(block, dict) and "haar_per_class_loss_rate" in block}
-    print("| run | loss @10 | @20 | @30 | @40 | found | SDR@0.6 | rank-1 dlib | rank-1 CosFace "
-          "| face SSIM | face PSNR | attr. agreement | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | loss @10 | @20 | @30 | @40 | last (epoch) | found | SDR@0.6 | rank-1 dlib "
+          "| rank-1 CosFace | face SSIM | face PSNR | attr. agreement | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, data in sorted(runs.items(), key=lambda item: (item[1]["alpha"], item[0])):
         end = _final(data)
+        last = f"{end['haar_service_loss_rate']:.3f} ({data.get('epochs', '?')})"
         print(f"| {tag} | " + " | ".join(_loss_at(data, e) for e in (10, 20, 30, 40))
-              + f" | {_metric_cells(end)} | {data.get('wall_seconds', '')} |")
+              + f" | {last} | {_metric_cells(end)} | {data.get('wall_seconds', '')} |")
     if operators:
         print("\n| operator row | loss | found | SDR@0.6 | rank-1 dlib | rank-1 CosFace "
               "| face SSIM | face PSNR | attr. agreement |")

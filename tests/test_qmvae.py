@@ -292,6 +292,34 @@ def test_surrogate_mode_trains_and_counts_its_queries(tmp_path):
     assert resumed[-1]["surrogate_queries"] == (8 * 5 + 2 * 8) + 8 * 5 + 8
 
 
+def test_service_head_learns_the_black_box_decision_from_the_codes(tmp_path, one_torch_thread):
+    """The head reads only the quantized codes of the de-identified stack and must come to give
+    the black box's decision on the original (here: dark vs bright faces)."""
+    stacks = _toy_stacks(count=16, size=32)
+    stacks.originals[:8] //= 4  # dark half: the toy service answers class 1, bright half class 0
+    stacks.versions[:8] //= 4
+    stacks.views.background = stacks.originals.copy()
+    config = TrainConfig(alpha=0.0, epochs=60, batch_size=4, reconstruction="mse", seed=0,
+                         service_head_weight=1.0, eval_epochs=())
+    model, history = train_qmvae(stacks, config, QMVAEConfig(**SMALL), out=tmp_path / "h.pt",
+                                 progress=False, evaluator=_Evaluator())
+    assert model.config.service_classes == 3  # filled in from the evaluator's answer width
+    assert history[-1]["train_head"] < history[0]["train_head"]
+    loaded, _ = load_qmvae(tmp_path / "h.pt")
+    stack = torch.from_numpy(stacks.stacks()).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        guess = loaded(stack).service_logits.argmax(1).numpy()
+    wanted = checked_probabilities(_Evaluator(), stacks.originals / 255.0).argmax(1)
+    assert set(wanted) == {0, 1} and (guess == wanted).mean() == 1.0
+
+
+def test_service_head_of_the_wrong_width_is_refused():
+    with pytest.raises(FaceDeidError, match="service head"):
+        train_qmvae(_toy_stacks(), TrainConfig(epochs=1, batch_size=4, service_head_weight=1.0),
+                    QMVAEConfig(**{**SMALL, "service_classes": 5}), progress=False,
+                    evaluator=_Evaluator())
+
+
 def test_pasted_view_needs_views_and_says_so():
     stacks = _toy_stacks()
     stacks.views = None

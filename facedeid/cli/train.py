@@ -95,6 +95,10 @@ def _register_qmvae(trainers) -> None:
                              "original's identity (project's surrogate recognizer; 0 = paper)")
     parser.add_argument("--identity-margin", type=float, default=0.0,
                         help="cosine below which the identity term stops pushing")
+    parser.add_argument("--service-head", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight of a service head on the quantized codes, trained to give "
+                             "the black box's answer on the original, so the codes carry the "
+                             "service's decision (0 = the paper's model)")
     parser.add_argument("--alpha", type=float, default=TrainConfig.alpha,
                         help="service weight of Eq. 7 (default %(default)s, the best of the "
                              "measured sweep; see docs/benchmarks.md)")
@@ -111,6 +115,8 @@ def _register_qmvae(trainers) -> None:
     parser.add_argument("--hidden", type=int, default=32, help="widest layer (default 32)")
     parser.add_argument("--latent-dim", type=int, default=32, help="codebook vector size")
     parser.add_argument("--codebook-size", type=int, default=256)
+    parser.add_argument("--downsamples", type=int, default=3,
+                        help="stride-2 stages; latent grid = size / 2**downsamples (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--out", default="qmvae.pt", help="checkpoint path (default qmvae.pt)")
@@ -140,12 +146,14 @@ def run_qmvae(args: argparse.Namespace) -> int:
                          reconstruction=args.reconstruction, service_view=args.service_view,
                          identity_weight=args.identity_weight,
                          identity_margin=args.identity_margin,
+                         service_head_weight=args.service_head,
                          surrogate_warmup_steps=args.surrogate_warmup,
                          sigma=args.sigma, pairs=args.pairs, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
     config.check()
     model_config = QMVAEConfig(inputs=inputs, image_size=args.size, hidden=args.hidden,
-                               latent_dim=args.latent_dim, codebook_size=args.codebook_size)
+                               latent_dim=args.latent_dim, codebook_size=args.codebook_size,
+                               downsamples=args.downsamples)
     paths = list_images(args.data, args.limit)
     cut = int(round(len(paths) * args.train_fraction))
     train_paths, test_paths = paths[:cut], paths[cut:]

@@ -61,6 +61,11 @@ class QMVAEConfig:
             k-means initialisation and dead-code restarts instead -- the alternative the VQ-VAE
             paper gives for that term. Measured here: with the literal term and only a few
             hundred steps on 800 faces the codebook went unused and the codebook loss blew up.
+        service_classes: K > 0 adds a *service head* (beyond the paper): a small classifier on
+            the quantized codes z_q(x) that is trained to give the black box's answer on the
+            original face. It makes the discrete codes carry what the service decides, so the
+            decoder has it to render; it reads only the codes, so the original still never
+            enters the network. 0 (default) = the paper's model.
     """
 
     inputs: list[str] = field(default_factory=lambda: ["blindfold", "mosaic", "laplace", "cartoon"])
@@ -72,6 +77,7 @@ class QMVAEConfig:
     res_blocks: int = 2
     beta: float = 0.25
     codebook_update: str = "ema"
+    service_classes: int = 0
 
     @property
     def num_inputs(self) -> int:
@@ -105,12 +111,15 @@ class QMVAEOutput:
         codebook_loss: ``||sg[z_e(x)] - e||^2`` (moves the codebook only).
         commitment_loss: ``||z_e(x) - sg[e]||^2`` (moves the encoder only; the caller weights it
             by beta, see :attr:`QMVAE.beta`).
+        service_logits: ``(B, K)`` the service head's guess of the black box's answer on the
+            original, from the codes alone; None without a head.
     """
 
     reconstruction: torch.Tensor
     codes: torch.Tensor
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
+    service_logits: torch.Tensor | None = None
 
 
 class QMVAE(nn.Module):
@@ -156,6 +165,13 @@ class QMVAE(nn.Module):
             previous = width
         decoder.append(nn.ConvTranspose2d(previous, 3, 4, stride=2, padding=1))
         self.decoder = nn.Sequential(*decoder)
+        self.service_head = None
+        if config.service_classes > 0:
+            self.service_head = nn.Sequential(
+                nn.Conv2d(config.latent_dim, config.hidden, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(config.hidden, config.hidden, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(config.hidden,
+                                                                 config.service_classes))
 
     @property
     def beta(self) -> float:
@@ -177,7 +193,9 @@ class QMVAE(nn.Module):
         codebook_loss = F.mse_loss(chosen, z_e.detach())
         commitment_loss = F.mse_loss(z_e, chosen.detach())
         reconstruction = torch.sigmoid(self.decoder(z_q))
-        return QMVAEOutput(reconstruction, codes, codebook_loss, commitment_loss)
+        # The head reads z_q (straight-through to the encoder), so what it learns is in the codes.
+        service_logits = None if self.service_head is None else self.service_head(z_q)
+        return QMVAEOutput(reconstruction, codes, codebook_loss, commitment_loss, service_logits)
 
     def _code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
         embedding = self.quantizer.codebook  # (K, D); a Parameter only with codebook_update="loss"

@@ -25,6 +25,10 @@ consistency score -- cross-entropy of the output's probabilities against the ori
 What the evaluator is shown is what it will see in use (``service_view="pasted"``): the fused
 face pasted back into its photo and cropped at the Haar window (:class:`ServiceViews`).
 
+Optionally (``service_head_weight > 0``, beyond the paper) a service head on the quantized codes
+is trained to give the black box's answer on the original, so the discrete codes must carry the
+decision the decoder has to render (:attr:`facedeid.models.qmvae.QMVAEConfig.service_classes`).
+
 The original face is only a target: it reaches the loss, never the network
 (:meth:`facedeid.models.qmvae.QMVAE.forward` takes the de-identified stack alone).
 
@@ -47,7 +51,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -461,6 +465,18 @@ def consistency_scores(reference: np.ndarray, probabilities: np.ndarray, kind: s
     return (q * (np.log(q) - np.log(p))).sum(axis=1)
 
 
+def decision_loss(logits, reference: np.ndarray, kind: str):
+    """Differentiable relaxed Eq. 8 for ``(B, K)`` logits: cross-entropy to the original's
+    decision (multiclass), or binary cross-entropy to its thresholded answers (multilabel)."""
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(
+            logits, torch.from_numpy((reference >= 0.5).astype(np.float32)))
+    return F.cross_entropy(logits, torch.from_numpy(reference.argmax(axis=1)))
+
+
 def decisions_differ(reference: np.ndarray, probabilities: np.ndarray, kind: str) -> np.ndarray:
     """Eq. 8 per face: 1 where the service's decision changed (any attribute, for multilabel)."""
     if kind == "multilabel":
@@ -555,6 +571,10 @@ class TrainConfig:
     # original x's identity. Privacy is then measured with dlib, which training never sees.
     identity_weight: float = 0.0
     identity_margin: float = 0.0
+    # Beyond the paper: weight of the service head's loss (QMVAEConfig.service_classes): the
+    # codes must predict the black box's decision on the original (answers the run queries
+    # anyway as Eq. 8's reference). 0 = no head.
+    service_head_weight: float = 0.0
     seed: int = 0
     eval_epochs: tuple[int, ...] = (10, 20, 30, 40)
     checkpoint_every: int = 5
@@ -578,6 +598,8 @@ class TrainConfig:
                                         "only (the differentiable mini-Xception); use surrogate")
         if self.epochs < 1 or self.batch_size < 1 or self.pairs < 1:
             raise InvalidParameterError("epochs, batch_size and pairs must be >= 1")
+        if self.service_head_weight < 0:
+            raise InvalidParameterError("service_head_weight must be >= 0")
         if self.identity_weight < 0 or not -1.0 <= self.identity_margin <= 1.0:
             raise InvalidParameterError("identity_weight must be >= 0 and identity_margin in "
                                         "[-1, 1]")
@@ -587,7 +609,7 @@ class TrainConfig:
 _RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_size",
                 "reconstruction", "service_view", "sigma", "pairs", "grid", "shared_channels",
                 "service_faces", "service_norm_cap", "surrogate_warmup_steps",
-                "identity_weight", "identity_margin", "seed")
+                "identity_weight", "identity_margin", "service_head_weight", "seed")
 
 
 def _unit_to_uint8(images: np.ndarray) -> np.ndarray:
@@ -779,6 +801,20 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
     model_config = model_config or QMVAEConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    white_box = ExpressionWhiteBox() if config.mode == "whitebox" else None
+    if evaluator is None:
+        evaluator = white_box if white_box is not None else create_black_box(config.evaluator)
+    # The originals' answers are fixed targets: query them once.
+    train_reference = checked_probabilities(evaluator, original_service_inputs(train, config))
+    test_reference = None if test is None else \
+        checked_probabilities(evaluator, original_service_inputs(test, config))
+    if config.service_head_weight > 0:
+        classes = train_reference.shape[1]
+        if model_config.service_classes not in (0, classes):
+            raise InvalidParameterError(
+                f"the model's service head has {model_config.service_classes} outputs but the "
+                f"evaluator {evaluator.name!r} answers with {classes}")
+        model_config = replace(model_config, service_classes=classes)
     model = QMVAE(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     history: list[dict[str, Any]] = []
@@ -802,13 +838,6 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
     if start_epoch >= config.epochs:
         return model.eval(), history
 
-    white_box = ExpressionWhiteBox() if config.mode == "whitebox" else None
-    if evaluator is None:
-        evaluator = white_box if white_box is not None else create_black_box(config.evaluator)
-    # The originals' answers are fixed targets: query them once.
-    train_reference = checked_probabilities(evaluator, original_service_inputs(train, config))
-    test_reference = None if test is None else \
-        checked_probabilities(evaluator, original_service_inputs(test, config))
     train_stacks = train.stacks()
     service_term = _ServiceTerm(config, evaluator, white_box, rng)
     setup: dict[str, Any] = {}
@@ -840,7 +869,7 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
         model.train()
         order = rng.permutation(len(train))
         sums = {"loss": 0.0, "mse": 0.0, "service": 0.0, "changed": 0.0,  # Eq. 7 with soft L_e
-                "identity_cos": 0.0}
+                "identity_cos": 0.0, "head": 0.0}
         for first in range(0, len(order), config.batch_size):
             index = np.sort(order[first:first + config.batch_size])
             stack = _to_tensor(train_stacks[index])
@@ -858,6 +887,10 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
             soft = service_term.last_soft
             loss = (config.alpha * service + (1.0 - config.alpha) * reconstruction
                     + output.codebook_loss + model.beta * output.commitment_loss)
+            if output.service_logits is not None and config.service_head_weight > 0:
+                head = decision_loss(output.service_logits, reference, evaluator.kind)
+                loss = loss + config.service_head_weight * head
+                sums["head"] += float(head.detach()) * len(index)
             if identity is not None:
                 cosine = (identity(faces) * original_identities[index]).sum(dim=1)
                 push = F.relu(cosine - config.identity_margin).mean()

@@ -87,12 +87,10 @@ class OnlineSurrogate:
 
     def service_loss(self, images: torch.Tensor, reference: np.ndarray) -> torch.Tensor:
         """Differentiable relaxed Eq. 8: the student's disagreement with the original's decision."""
+        from .qmvae import decision_loss
+
         self.network.eval()
-        logits = self.network(images)
-        if self.kind == "multilabel":
-            target = torch.from_numpy((reference >= 0.5).astype(np.float32))
-            return F.binary_cross_entropy_with_logits(logits, target)
-        return F.cross_entropy(logits, torch.from_numpy(reference.argmax(axis=1)))
+        return decision_loss(self.network(images), reference, self.kind)
 
     def agreement(self, images: torch.Tensor, answers: np.ndarray) -> float:
         """Share of images where the student's decision equals the black box's."""
