@@ -151,18 +151,17 @@ class TestBench:
         """Eq. 8 with the service shown each pasted-back face on the *original's* Haar window
         (what training optimises), not on a window Haar finds again on the output; the gap
         to ``haar_service_loss_rate`` is what the moving window costs."""
-        from facedeid.training.qmvae import (ExpressionBlackBox, TrainConfig, _to_images,
-                                             _to_tensor, checked_probabilities, decisions_differ,
-                                             original_service_inputs, service_inputs)
+        from facedeid.training.qmvae import (ExpressionBlackBox, TrainConfig,
+                                             checked_probabilities, original_service_inputs,
+                                             window_loss_rate)
 
-        if self._window_service is None:
-            self._window_service = ExpressionBlackBox()
         config = TrainConfig(service_view="pasted")
-        reference = checked_probabilities(self._window_service,
-                                          original_service_inputs(self.test, config))
-        shown = _to_images(service_inputs(self.test, _to_tensor(faces), config))
-        answers = checked_probabilities(self._window_service, shown)
-        return float(decisions_differ(reference, answers, "multiclass").mean())
+        if self._window_service is None:  # (service, its answers on the originals), once
+            service = ExpressionBlackBox()
+            self._window_service = (service, checked_probabilities(
+                service, original_service_inputs(self.test, config)))
+        service, reference = self._window_service
+        return window_loss_rate(faces, self.test, service, reference, config)
 
     def measure(self, faces: np.ndarray, privacy: bool = True) -> dict:
         images = self.paste(faces)

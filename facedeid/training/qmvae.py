@@ -650,19 +650,27 @@ def original_service_inputs(data: FaceStacks, config: TrainConfig) -> np.ndarray
     return data.originals.astype(np.float32) / 255.0
 
 
-def service_loss_rate(model, data: FaceStacks, evaluator: BlackBoxEvaluator,
-                      reference: np.ndarray | None = None,
-                      config: TrainConfig | None = None) -> dict[str, float]:
-    """Eq. 8 averaged over ``data`` (on the pasted windows by default), plus the MSE."""
+def window_loss_rate(outputs: np.ndarray, data: FaceStacks, evaluator: BlackBoxEvaluator,
+                     reference: np.ndarray | None = None,
+                     config: TrainConfig | None = None) -> float:
+    """Eq. 8 averaged over fused ``(N, S, S, 3) uint8`` faces, with the service shown what
+    training shows it (the pasted-back faces on the originals' Haar windows by default)."""
     config = config or TrainConfig()
-    outputs = model.fuse(data.stacks())
     if reference is None:
         reference = checked_probabilities(evaluator, original_service_inputs(data, config))
     shown = _to_images(service_inputs(data, _to_tensor(outputs), config))
     answers = checked_probabilities(evaluator, shown)
-    differ = decisions_differ(reference, answers, evaluator.kind)
+    return float(decisions_differ(reference, answers, evaluator.kind).mean())
+
+
+def service_loss_rate(model, data: FaceStacks, evaluator: BlackBoxEvaluator,
+                      reference: np.ndarray | None = None,
+                      config: TrainConfig | None = None) -> dict[str, float]:
+    """Eq. 8 of ``model``'s fused faces over ``data`` (:func:`window_loss_rate`), plus the MSE."""
+    outputs = model.fuse(data.stacks())
     mse = float(np.mean((outputs.astype(np.float32) - data.originals) ** 2) / 255.0 ** 2)
-    return {"service_loss_rate": float(differ.mean()), "mse": mse}
+    return {"service_loss_rate": window_loss_rate(outputs, data, evaluator, reference, config),
+            "mse": mse}
 
 
 class _ServiceTerm:
@@ -806,8 +814,6 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
         evaluator = white_box if white_box is not None else create_black_box(config.evaluator)
     # The originals' answers are fixed targets: query them once.
     train_reference = checked_probabilities(evaluator, original_service_inputs(train, config))
-    test_reference = None if test is None else \
-        checked_probabilities(evaluator, original_service_inputs(test, config))
     if config.service_head_weight > 0:
         classes = train_reference.shape[1]
         if model_config.service_classes not in (0, classes):
@@ -838,6 +844,8 @@ def train_qmvae(train: FaceStacks, config: TrainConfig, model_config=None, *,
     if start_epoch >= config.epochs:
         return model.eval(), history
 
+    test_reference = None if test is None else \
+        checked_probabilities(evaluator, original_service_inputs(test, config))
     train_stacks = train.stacks()
     service_term = _ServiceTerm(config, evaluator, white_box, rng)
     setup: dict[str, Any] = {}
