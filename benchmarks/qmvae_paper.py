@@ -46,7 +46,7 @@ def prepare(inputs: list[str], size: int = 64, limit: int = 1000):
     """``(train, test)`` face stacks split by file number (not face count): the test faces are
     always files 000801-001000; every other file of the first ``limit`` is trained on (with
     ``limit=10000`` that is "more data" measured on the paper's own test faces)."""
-    from facedeid.training.qmvae import build_face_stacks, list_images
+    from facedeid.training.qmvae_data import build_face_stacks, list_images
 
     paths = list_images(DATA / "img_align_celeba", limit)
     stacks = build_face_stacks(paths, inputs, size, cache_dir=CACHE)
@@ -77,13 +77,13 @@ class TestBench:
         self._window_service = None
 
     def _detector_boxes(self) -> list[np.ndarray]:
-        from facedeid.detection import create_detector
+        from facedeid.detection.locate import FaceLocator, main_face
 
-        detector = create_detector("centerface")
+        locator = FaceLocator("centerface", landmarks="box")  # the boxes are all that is used
         boxes = []
         for image in self.originals:
-            faces = detector.detect(image)
-            boxes.append(max(faces, key=lambda f: f.width * f.height).box if faces else
+            face = main_face(locator.locate(image))
+            boxes.append(face.box if face is not None else
                          np.array([0, 0, image.shape[1], image.shape[0]], np.float32))
         return boxes
 
@@ -151,8 +151,8 @@ class TestBench:
         """Eq. 8 with the service shown each pasted-back face on the *original's* Haar window
         (what training optimises), not on a window Haar finds again on the output; the gap
         to ``haar_service_loss_rate`` is what the moving window costs."""
-        from facedeid.training.qmvae import (ExpressionBlackBox, TrainConfig,
-                                             checked_probabilities, original_service_inputs,
+        from facedeid.training.blackbox import ExpressionBlackBox, checked_probabilities
+        from facedeid.training.qmvae import (TrainConfig, original_service_inputs,
                                              window_loss_rate)
 
         config = TrainConfig(service_view="pasted")

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from facedeid.training.qmvae import (ExpressionBlackBox, TrainConfig, checked_probabilities,
-                                         original_service_inputs)
+    from facedeid.training.blackbox import ExpressionBlackBox, checked_probabilities
+    from facedeid.training.qmvae import TrainConfig, original_service_inputs
     from qmvae_paper import DEFAULT_INPUTS, prepare
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

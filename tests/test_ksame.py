@@ -110,20 +110,20 @@ def test_one_identity_gallery_is_rejected(tmp_path, astronaut):
 def _celeba_person_specific(n_people: int):
     """Aligned crops of one test-split photo and one train-split photo for n people."""
     from facedeid.alignment import FaceAligner
-    from facedeid.detection import create_detector
+    from facedeid.detection.locate import FaceLocator, main_face
+    from facedeid.io.datasets import read_celeba_id200_index
     from facedeid.io.images import read_image
-    from facedeid.training.recognizer import read_celeba_id200_index
 
     root = shared_path("celeba-id200")
     first_test, first_train = {}, {}
     for name, identity, is_train in read_celeba_id200_index(root):
         (first_train if is_train else first_test).setdefault(identity, name)
     people = sorted(first_test)[:n_people]
-    detector, aligner = create_detector("centerface"), FaceAligner(128)
+    locator, aligner = FaceLocator("centerface"), FaceAligner(128)
 
     def align(name):
         image = read_image(root / "img_align_celeba" / name).rgb
-        return aligner.align(image, detector.detect(image)[0])
+        return aligner.align(image, main_face(locator.locate(image)))
 
     test_crops = [align(first_test[p]) for p in people]
     train_crops = [align(first_train[p]) for p in people]

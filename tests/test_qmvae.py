@@ -11,10 +11,11 @@ torch = pytest.importorskip("torch")
 from facedeid.errors import FaceDeidError  # noqa: E402
 from facedeid.models.qmvae import (QMVAE, CheckpointError, QMVAEConfig, load_qmvae,  # noqa: E402
                                    read_checkpoint, save_checkpoint)
-from facedeid.training.qmvae import (BlackBoxEvaluatorError, FaceStacks,  # noqa: E402
-                                     ServiceViews, TrainConfig, checked_probabilities,
-                                     consistency_scores, estimate_score_gradient, render_views,
+from facedeid.training.blackbox import (BlackBoxEvaluatorError,  # noqa: E402
+                                        checked_probabilities, consistency_scores)
+from facedeid.training.qmvae import (TrainConfig, estimate_score_gradient,  # noqa: E402
                                      train_qmvae)
+from facedeid.training.qmvae_data import FaceStacks, ServiceViews, render_views  # noqa: E402
 
 SMALL = dict(image_size=32, hidden=16, latent_dim=8, codebook_size=16, downsamples=2,
              res_blocks=1)
@@ -225,7 +226,7 @@ def test_rendered_view_is_what_the_haar_service_crops_after_paste_back(astronaut
     from facedeid.alignment import FaceAligner, paste_back
     from facedeid.detection.haar import HaarDetector
     from facedeid.evaluation.services import create_service
-    from facedeid.training.qmvae import service_view
+    from facedeid.training.qmvae_data import service_view
 
     image = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
     # A half-size copy: the fixture is shared by the whole session and must stay as it is.

@@ -136,3 +136,27 @@ def test_embedding_cache_roundtrip(tmp_path):
     assert cache.get(file_digest(image_file), "dlib", "centerface") is None
     assert (cache.hits, cache.misses) == (1, 4)
     assert EmbeddingCache(None).get(digest, "dlib", "centerface") is None
+
+
+def test_surrogate_recognizer_aligns_on_the_reference_face(astronaut, astronaut_face):
+    """The "surrogate" attacker takes landmarks from the face found at the known box on the
+    reference (original) image, so wiping the face does not move its alignment."""
+    pytest.importorskip("torch")
+    surrogate = create_recognizer("surrogate")
+    box = astronaut_face.box
+    wiped = astronaut.copy()
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    wiped[y0:y1, x0:x1] = 128  # no face left for a detector on this image
+    with_reference = surrogate.aligned([wiped], [box], reference_images=[astronaut])[0]
+    own = surrogate.aligned([astronaut], [box])[0]
+    on_wiped = surrogate.aligned([wiped], [box])[0]  # nothing found: landmarks from the box
+    # Pixels of the crop well away from the wiped box (bilinear sampling blurs its edge) are
+    # the same as when the face is aligned on itself: the same landmarks were used.
+    grey = (with_reference == 128).all(axis=-1).astype(np.uint8)
+    outside = cv2.dilate(grey, np.ones((15, 15), np.uint8)) == 0
+    assert outside.mean() > 0.05
+    np.testing.assert_array_equal(with_reference[outside], own[outside])
+    assert not np.array_equal(with_reference, on_wiped)
+    embedding = surrogate.embed([astronaut], [box])
+    assert embedding.shape == (1, 128)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-4)

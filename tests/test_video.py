@@ -249,6 +249,19 @@ def test_tracker_backfills_new_face_and_keeps_weak_matches():
     assert out[5][0].extra["state"] == "detected" and out[5][0].track_id == 0
 
 
+def test_tracker_backfills_a_full_resolution_face_over_the_whole_window():
+    """A face first found at step 4 is drawn back to ``backfill_since``, past the step at 2."""
+    tracker = FaceTracker(300, 300)
+    tracker.step(1, [])
+    assert tracker.step(2, []) == {2: []}  # the cheap search saw nothing
+    out = tracker.step(4, [Face([100, 100, 130, 130], score=0.9)], backfill_since=1)
+    assert sorted(out) == [1, 2, 3, 4]
+    assert all(len(out[i]) == 1 and out[i][0].extra["state"] == "backfilled" for i in (1, 2, 3))
+    without = FaceTracker(300, 300)
+    without.step(2, [])
+    assert sorted(without.step(4, [Face([100, 100, 130, 130], score=0.9)])) == [3, 4]
+
+
 def test_interrupted_run_leaves_no_file(tmp_path, mask_anonymizer):
     source = tmp_path / "clip.mp4"
     make_clip(source, frames=20)
@@ -383,3 +396,141 @@ def test_stream_url_and_cli(tmp_path):
     assert len(frames) == 10
     assert audio_packets(target) == audio_packets(tmp_path / "served.mp4")
     assert len(json.loads((tmp_path / "live.json").read_text())["frames"]) == 10
+
+
+# -- the search schedule's guarantees (issue 12) --------------------------------------------
+
+def write_clip(path: Path, images) -> None:
+    """Encode upright RGB ``images`` near-losslessly at 25 fps (no audio)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "crf": "12"}
+        for index, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def background(width: int, height: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    texture = np.stack([(xx * 2) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256], -1)
+    return (texture // 2 + 60).astype(np.uint8)
+
+
+def paste_face(image: np.ndarray, x0: int, y0: int, side: int = FACE_SIZE) -> np.ndarray:
+    """The astronaut patch scaled to ``side`` pasted at (x0, y0); returns the face's box."""
+    import cv2
+
+    patch = _face_patch() if side == FACE_SIZE else \
+        cv2.resize(_face_patch(), (side, side), interpolation=cv2.INTER_AREA)
+    image[y0:y0 + side, x0:x0 + side] = patch
+    return _face_in_patch() * (side / FACE_SIZE) + np.array([x0, y0, x0, y0], np.float32)
+
+
+def face_changed(source_frame: np.ndarray, output_frame: np.ndarray, box: np.ndarray) -> float:
+    """Mean absolute change over the inner face box (a kept face changes by ~1-2 levels)."""
+    rows, cols = inner(box, 0.15)
+    return float(np.abs(output_frame[rows, cols].astype(int) - source_frame[rows, cols]).mean())
+
+
+@pytest.fixture(scope="module")
+def mosaic_anonymizer():
+    return Anonymizer("mosaic", landmarks="box")
+
+
+@pytest.mark.parametrize("first", [2, 3])
+def test_face_on_screen_for_two_frames_is_anonymized(tmp_path, mosaic_anonymizer, first):
+    """A face shown for exactly two frames between the old schedule's detection frames
+    (every 6th) is anonymized on both, whichever parity it starts on; frames without it stay."""
+    width, height = 640, 360
+    images, boxes = [], {}
+    for index in range(10):
+        image = background(width, height)
+        if index in (first, first + 1):
+            boxes[index] = paste_face(image, 300, 120)
+        images.append(image)
+    source, target = tmp_path / "flash.mp4", tmp_path / "out.mp4"
+    write_clip(source, images)
+    report = anonymize_video(source, target, mosaic_anonymizer, VideoOptions(**QUIET))
+    out, *_ = decoded(target)
+    original, *_ = decoded(source)
+    assert report.tracks >= 1
+    for index, box in boxes.items():
+        assert face_changed(original[index], out[index], box) > 12, f"face kept on frame {index}"
+    # Nothing there, nothing anonymized: only re-encoding loss (~3 levels on this texture).
+    assert face_changed(original[0], out[0], boxes[first]) < 6
+
+
+def test_face_swinging_with_the_old_schedule_is_covered_on_every_frame(tmp_path,
+                                                                      mosaic_anonymizer):
+    """A face swinging +-90 px with a 6-frame period (centred on every 6th frame, where the
+    old schedule looked) is anonymized on every frame."""
+    width, height = 640, 360
+    images, boxes = [], []
+    for index in range(18):
+        image = background(width, height)
+        x0 = int(round(272 + 90 * np.sin(2 * np.pi * index / 6)))
+        boxes.append(paste_face(image, x0, 130))
+        images.append(image)
+    source, target = tmp_path / "swing.mp4", tmp_path / "out.mp4"
+    write_clip(source, images)
+    anonymize_video(source, target, mosaic_anonymizer, VideoOptions(**QUIET))
+    out, *_ = decoded(target)
+    original, *_ = decoded(source)
+    changes = [face_changed(original[i], out[i], box) for i, box in enumerate(boxes)]
+    assert min(changes) > 12, f"face (partly) kept: per-frame change {np.round(changes, 1)}"
+
+
+def test_small_faces_in_4k_are_anonymized(tmp_path, mosaic_anonymizer):
+    """3840x2160, 3 frames, faces 32-80 px wide (invisible at the every-k scale): the
+    full-resolution search finds them and the tracker covers the frames between."""
+    width, height = 3840, 2160
+    sides = {32: (400, 300), 48: (1700, 1500), 64: (3000, 700), 80: (1000, 1800)}
+    face_in_patch = _face_in_patch()
+    face_share = float(face_in_patch[2] - face_in_patch[0]) / FACE_SIZE
+    images, boxes = [], []
+    for index in range(3):
+        image = background(width, height)
+        boxes.append([paste_face(image, x + 3 * index, y, round(side / face_share))
+                      for side, (x, y) in sides.items()])
+        images.append(image)
+    face_widths = [box[2] - box[0] for box in boxes[0]]
+    assert 30 <= min(face_widths) and max(face_widths) <= 82
+    source, target = tmp_path / "uhd.mp4", tmp_path / "out.mp4"
+    write_clip(source, images)
+    report = anonymize_video(source, target, mosaic_anonymizer, VideoOptions(**QUIET))
+    out, *_ = decoded(target)
+    original, *_ = decoded(source)
+    assert report.full_resolution_frames == 2  # the first and the last frame
+    for index, frame_boxes in enumerate(boxes):
+        for box in frame_boxes:
+            change = face_changed(original[index], out[index], box)
+            assert change > 10, f"{box[2] - box[0]:.0f} px face kept on frame {index}"
+
+
+def test_colour_description_and_language_kept(tmp_path, mask_anonymizer):
+    """BT.709 tags, the full-range flag and the streams' language tags reach the output."""
+    source = tmp_path / "tagged.mkv"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 256, 160, "yuv420p"
+        context = stream.codec_context
+        context.color_primaries, context.color_trc, context.colorspace = 1, 1, 1  # BT.709
+        context.color_range = 2  # full ("JPEG") range
+        stream.metadata["language"] = "fra"
+        for index in range(3):
+            frame = av.VideoFrame.from_ndarray(upright_frame(index, 256, 160), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    target = tmp_path / "out.mkv"
+    anonymize_video(source, target, mask_anonymizer, VideoOptions(**QUIET))
+    with av.open(str(target)) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        assert (context.color_primaries, context.color_trc, context.colorspace) == (1, 1, 1)
+        assert context.color_range == 2
+        assert stream.metadata.get("language") == "fra"

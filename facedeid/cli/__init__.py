@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from ..errors import FaceDeidError
-from . import anonymize, demo, doctor, evaluate, methods, train
+from . import anonymize, attack, demo, doctor, evaluate, methods, train, verify
 
 # Order is the order `facedeid --help` lists them in.
-COMMANDS = [anonymize, methods, demo, doctor, evaluate, train]
+COMMANDS = [anonymize, verify, methods, demo, doctor, evaluate, attack, train]
 
 DESCRIPTION = """\
 Remove identity from faces in images and video, and measure what survives.
@@ -36,7 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every ``except BaseException`` cleanup
+    runs (temporary image, video and boxes files are removed). A ``BaseException`` like
+    ``KeyboardInterrupt``: the per-file ``except Exception`` of a batch does not swallow it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    # A second SIGTERM must not interrupt the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Handlers can only be installed from the main thread (a service may call main elsewhere).
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    except Terminated:
+        print("facedeid: terminated (SIGTERM); no partial output left behind", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:  # None: a handler not installed from Python; leave it
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -15,15 +15,23 @@ DESCRIPTION = """\
 De-identify every face in the given images and folders.
 
 Folders are walked recursively and mirrored under OUTDIR (an OUTDIR inside an input folder is
-not walked). Inputs are never overwritten; results are written atomically, without EXIF/GPS
-metadata unless --keep-metadata. A bad file is reported and the batch goes on; the exit code
-is 1 when any file failed.
+not walked). Inputs are never overwritten: no output, .json sidecar, --boxes-out or --summary
+path may be an input, and results stay inside OUTDIR. Results are written atomically (no
+partial file is left, also on disk full or SIGTERM), without EXIF/GPS metadata unless
+--keep-metadata. Every page of a multi-page TIFF and every frame of an animated WebP/PNG is
+anonymized and written back. A bad file is reported and the batch goes on. The summary names
+every file to check by eye: no face found, warnings, unsupported types (e.g. HEIC), failures;
+files of unknown type are counted.
+
+exit codes: 0 all done; 1 a file failed or was unsupported; 2 bad options or paths (nothing
+was done); 130 Ctrl-C; 143 SIGTERM.
 
 examples:
   facedeid anonymize photo.jpg -o photo_anon.jpg
   facedeid anonymize photos/ -o anon/ --method blindfold --json
   facedeid anonymize photos/ -o anon/ --method laplace --param lam=0.2 --seed 7
   facedeid anonymize scans/ -o anon/ --no-face obfuscate
+  facedeid anonymize celeba/ -o anon/ --expect-faces --verify fix
 """
 
 
@@ -38,8 +46,19 @@ def register(subparsers) -> None:
     add_detector_arguments(parser)
     out = parser.add_argument_group("output")
     policies = "; ".join(f"{k}: {v}" for k, v in NO_FACE_POLICIES.items())
-    out.add_argument("--no-face", choices=list(NO_FACE_POLICIES), default="keep",
-                     help=f"images where no face is found (default: keep). {policies}")
+    out.add_argument("--no-face", choices=list(NO_FACE_POLICIES), default=None,
+                     help="images where no face is found, after a second detector, rotations and "
+                          f"a 2x pass also found none (default: keep; obfuscate with "
+                          f"--expect-faces). {policies}")
+    out.add_argument("--expect-faces", action="store_true",
+                     help="every input shows a face (a face dataset): 'no face found' means the "
+                          "detectors failed, so the whole image is obfuscated unless --no-face "
+                          "says otherwise")
+    out.add_argument("--verify", nargs="?", const="report", choices=("report", "fix"),
+                     help="after writing each output, audit it with an independent detector and "
+                          "recognizer (see `facedeid verify --help`): 'report' (the default when "
+                          "given alone) lists leaks and exits 1; 'fix' re-anonymizes leaked image "
+                          "faces and audits again. The audit goes into the --json sidecar")
     out.add_argument("--keep-metadata", action="store_true",
                      help="copy EXIF into outputs (GPS still removed unless --keep-gps)")
     out.add_argument("--keep-gps", action="store_true", help="with --keep-metadata, keep GPS tags too")
@@ -62,10 +81,16 @@ def _add_video_arguments(parser) -> None:
     video = parser.add_argument_group(
         "video", "inputs may also be a webcam index (0) or a stream URL (rtsp://..., http://...)")
     video.add_argument("--every", type=int, metavar="K", default=d.every,
-                       help=f"detect on every K-th frame, track in between (default: {d.every})")
+                       help=f"search every K-th frame at --det-scale, track in between; a face "
+                            f"on screen for K frames is searched at least once (default: {d.every})")
     video.add_argument("--det-scale", type=int, metavar="PX", default=d.det_scale,
-                       help=f"detect on frames scaled to this longest side; 0 = full size "
+                       help=f"longest side frames are scaled to for the every-K search; 0 = full "
+                            f"size on every searched frame (slow on large frames) "
                             f"(default: {d.det_scale})")
+    video.add_argument("--full-every", type=int, metavar="N", default=d.full_every,
+                       help=f"also search every N-th frame at full resolution (tiled) for small "
+                            f"faces, covering them back to the previous such search "
+                            f"(default: {d.full_every})")
     video.add_argument("--video-threshold", type=float, default=d.threshold, metavar="T",
                        help=f"score that starts a face track (default: {d.threshold}); tracked "
                             f"faces are kept down to {d.keep_threshold}")
@@ -92,76 +117,154 @@ def _add_video_arguments(parser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..batch import Outcome, anonymize_image_file, plan_jobs, summarize
+    from ..batch import anonymize_image_file, plan_batch, summarize
+    from ..io.images import write_bytes_atomic
 
-    jobs, outcomes = plan_jobs(*_split_live_inputs(args))
-    if not jobs and not outcomes and not args.live_inputs:
-        print("facedeid: nothing to do: no image files found in the inputs", file=sys.stderr)
+    files, live = _split_live_inputs(args)
+    # Every path this run writes is checked against every input before any work (exit 2).
+    plan = plan_batch(files, args.output, live=live, sidecars=args.json,
+                      boxes_out=args.boxes_out, boxes_in=args.boxes_in, summary=args.summary)
+    if not plan.jobs and not plan.outcomes:
+        ignored = sum(plan.ignored.values())
+        print("facedeid: nothing to do: no image or video files found in the inputs"
+              + (f" ({ignored} file(s) of unknown type ignored)" if ignored else ""),
+              file=sys.stderr)
         return 1
-    anonymizer = build_anonymizer(args, no_face=args.no_face)
-    jobs = _live_jobs(args) + jobs
-    protected = {job.source.resolve() for job in jobs if isinstance(job.source, Path)}
-    progress = tqdm(jobs, unit="file", disable=args.quiet or len(jobs) < 2, dynamic_ncols=True)
+    anonymizer = build_anonymizer(args, no_face=args.no_face, expect_faces=args.expect_faces)
+    auditor = _build_auditor(args, anonymizer)
+    outcomes = list(plan.outcomes)
+    progress = tqdm(plan.jobs, unit="file", disable=args.quiet or len(plan.jobs) < 2,
+                    dynamic_ncols=True)
     for job in progress:
         progress.set_postfix_str(Path(str(job.source)).name[-30:])
         if job.kind == "video":
-            outcome = _run_video(job, anonymizer, args, protected)
+            outcome = _run_video(job, anonymizer, args, plan.protected)
         else:
-            outcome = anonymize_image_file(job, anonymizer, protected=protected,
+            outcome = anonymize_image_file(job, anonymizer, protected=plan.protected,
                                            keep_metadata=args.keep_metadata, keep_gps=args.keep_gps,
                                            write_json=args.json, quality=args.quality,
                                            max_pixels=args.max_pixels)
+        if auditor is not None and outcome.target:
+            _audit(job, outcome, anonymizer, auditor, args, plan.protected)
         outcomes.append(outcome)
         if outcome.status == "failed":
             tqdm.write(f"FAILED  {outcome.source}: {outcome.error}", file=sys.stderr)
         for warning in outcome.warnings:
             tqdm.write(f"warning {outcome.source}: {warning}", file=sys.stderr)
-    summary = summarize(outcomes)
+    summary = summarize(outcomes, ignored=plan.ignored, hidden=plan.hidden)
     _print_summary(summary, args.output)
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2))
-    return 1 if summary["failures"] else 0
+        try:
+            write_bytes_atomic(args.summary, json.dumps(summary, indent=2).encode(),
+                               protected=plan.protected)
+        except OSError as error:  # e.g. the disk filled up: the results above stand
+            print(f"facedeid: could not write the summary {args.summary}: {error}", file=sys.stderr)
+            return 1
+    return 1 if summary["failures"] or summary["unsupported"] or summary["leaked"] else 0
 
 
-def _split_live_inputs(args) -> tuple[list[str], str]:
-    """Webcam indices and stream URLs are not files: keep them out of the file planner."""
+def _build_auditor(args, anonymizer):
+    if not args.verify:
+        return None
+    from ..verify import LeakAuditor
+    return LeakAuditor(anonymizer_detector=anonymizer.detector.name)
+
+
+def _audit(job, outcome, anonymizer, auditor, args, protected) -> None:
+    """``--verify``: audit one written output; ``fix`` mends image leaks; record it all."""
+    from ..verify import fix_file, verify_pair
+
+    report = verify_pair(job.source, outcome.target, auditor=auditor)
+    if report.leaked and args.verify == "fix":
+        before = len(report.leaks)
+        report = fix_file(job.source, outcome.target, report, anonymizer, auditor=auditor,
+                          quality=args.quality, protected=protected)
+        outcome.warnings.append(f"--verify fix re-anonymized {before} leaked face(s); "
+                                f"{len(report.leaks)} left after the re-audit")
+    outcome.audit = report.to_dict()
+    if report.leaked:
+        frames = sorted({leak.frame for leak in report.leaks if leak.frame is not None})
+        where = f" in frame(s) {frames[:12]}" if frames else ""
+        outcome.warnings.append(f"LEAK: the audit found {len(report.leaks)} face(s) still "
+                                f"visible or recognizable{where}")
+    elif report.status == "error":
+        outcome.warnings.append(f"the audit could not check this output: {report.error}")
+    if args.json and job.kind == "image":
+        _add_audit_to_sidecar(outcome, protected)
+
+
+def _add_audit_to_sidecar(outcome, protected) -> None:
+    from ..io.images import write_bytes_atomic
+
+    path = Path(outcome.target).with_name(Path(outcome.target).name + ".json")
+    if not path.is_file():
+        return
+    sidecar = json.loads(path.read_text())
+    sidecar["audit"] = outcome.audit
+    write_bytes_atomic(path, json.dumps(sidecar, indent=2).encode(), protected=protected)
+
+
+def _split_live_inputs(args) -> tuple[list[str], list[str]]:
+    """Webcam indices and stream URLs are not files: keep them out of the file walk."""
     from ..video.io import is_live_source
 
-    args.live_inputs = [item for item in args.inputs if is_live_source(item)]
-    return [item for item in args.inputs if item not in args.live_inputs], args.output
+    live = [item for item in args.inputs if is_live_source(item)]
+    return [item for item in args.inputs if item not in live], live
 
 
-def _live_jobs(args) -> list:
-    """One video job per webcam/stream; the output is OUT itself when it names a video file."""
-    from ..batch import VIDEO_SUFFIXES, Job
+def _video_options(args, job):
+    """The video group's options as :class:`~facedeid.video.VideoOptions` for one job."""
+    from ..video import VideoOptions
 
-    jobs = []
-    output = Path(args.output)
-    for index, spec in enumerate(args.live_inputs):
-        if output.suffix.lower() in VIDEO_SUFFIXES and len(args.live_inputs) == 1:
-            target = output
-        else:
-            stem = f"webcam{spec}" if spec.isdigit() else f"stream{index}"
-            target = output / f"{stem}.mp4"
-        jobs.append(Job(spec, target, "video"))  # source stays a str: a URL is no Path
-    return jobs
+    return VideoOptions(
+        every=args.every, det_scale=args.det_scale or None, full_every=args.full_every,
+        threshold=args.video_threshold, max_gap=args.max_gap, codec=args.codec, crf=args.crf,
+        preset=args.preset, audio=not args.no_audio,
+        # The planner chose and checked this video's boxes file; hand the video code that file.
+        boxes_out=Path(job.boxes) if job.boxes else None,
+        boxes_in=Path(args.boxes_in) if args.boxes_in else None,
+        progress=not args.quiet, max_frames=args.max_frames)
 
 
 def _run_video(job, anonymizer, args, protected):
+    """One video job; an error of any type fails this video only, never the batch."""
     from ..batch import Outcome
     try:
         from ..video import anonymize_video_job
     except ImportError:
         return Outcome(str(job.source), None, "failed",
                        error="video input needs the video pipeline (facedeid.video), not available")
-    return anonymize_video_job(job, anonymizer, args, protected=protected)
+    try:
+        return anonymize_video_job(job, anonymizer, _video_options(args, job), protected=protected)
+    except Exception as error:  # e.g. cv2.error from a method: report, go on with the batch
+        return Outcome(str(job.source), None, "failed", error=f"{type(error).__name__}: {error}")
 
 
 def _print_summary(summary: dict, output: str) -> None:
+    """The run in a few lines, naming every file a person must look at before publishing."""
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["by_status"].items()))
     print(f"{summary['files']} file(s): {counts}; {summary['faces']} face(s) de-identified -> {output}")
+    ignored = summary["ignored"]
+    if ignored["files"] or summary["hidden"]:
+        kinds = ", ".join(f"{suffix} {n}" for suffix, n in ignored["by_suffix"].items())
+        print(f"  ignored: {ignored['files']} file(s) of unknown type"
+              + (f" ({kinds})" if kinds else "")
+              + (f"; {summary['hidden']} hidden file(s)/folder(s)" if summary["hidden"] else ""))
     if summary["without_faces"]:
         print(f"  {len(summary['without_faces'])} file(s) had no detected face "
-              "(see --no-face); check them by eye before publishing")
+              "(see --no-face); check them by eye before publishing:")
+        for source in summary["without_faces"]:
+            print(f"    no face: {source}")
+    if summary["leaked"]:
+        print(f"  LEAK: the audit (--verify) found faces left in {len(summary['leaked'])} "
+              "file(s); do not publish them:")
+        for source in summary["leaked"]:
+            print(f"    leaked: {source}")
+    if summary["weak"]:
+        print(f"  {len(summary['weak'])} file(s) with warnings; check them by eye:")
+        for item in summary["weak"]:
+            print(f"    weak: {item['source']}: {'; '.join(item['warnings'])}")
+    for item in summary["unsupported"]:
+        print(f"  unsupported: {item['source']}: {item['reason']}")
     for failure in summary["failures"]:
         print(f"  failed: {failure['source']}: {failure['error']}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_detector_arguments, add_method_arguments, detector_params, parse_params
+from ..methods.registry import parse_params
+from .common import add_detector_arguments, add_method_arguments, detector_params
 
 HELP = "measure privacy, utility and quality of de-identification methods on a dataset"
 DESCRIPTION = """\

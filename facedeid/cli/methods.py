@@ -8,7 +8,11 @@ import json
 def register(subparsers) -> None:
     parser = subparsers.add_parser("methods", help="list methods and their parameters",
                                    description="List every registered de-identification method, "
-                                               "its parameters, defaults and ranges.")
+                                               "its parameters, defaults and ranges. 'WEAK:' marks "
+                                               "a method measured to keep identity even at its "
+                                               "defaults; 'safe:' gives the range "
+                                               "outside which a parameter is refused unless "
+                                               "--allow-weak.")
     parser.add_argument("name", nargs="?", help="show only this method")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=run)
@@ -22,13 +26,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({name: {"summary": cls.summary, "space": cls.space, "reference": cls.reference,
                                  "params": [{"name": p.name, "type": p.type.__name__,
                                              "default": p.default, "help": p.help, "min": p.minimum,
-                                             "max": p.maximum,
+                                             "max": p.maximum, "safe_min": p.safe_min,
+                                             "safe_max": p.safe_max,
+                                             "safe_values": list(p.safe_values),
                                              "choices": list(p.choices) if p.choices else None}
-                                            for p in cls.params]}
+                                            for p in cls.params],
+                                 "weakness": cls.weakness or None}
                           for name, cls in classes.items()}, indent=2, default=str))
         return 0
     for name, cls in classes.items():
         print(f"{name:16s} {cls.summary}")
+        if cls.weakness:
+            print(f"{'':16s}   WEAK: {cls.weakness}")
         if cls.reference:
             print(f"{'':16s}   ref: {cls.reference}")
         for param in cls.params:

@@ -135,7 +135,8 @@ def run_qmvae(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.qmvae import QMVAEConfig
-    from ..training.qmvae import build_face_stacks, list_images, train_qmvae
+    from ..training.qmvae import train_qmvae
+    from ..training.qmvae_data import build_face_stacks, list_images
 
     if not 0.0 < args.train_fraction <= 1.0:
         raise InvalidParameterError("--train-fraction must be in (0, 1]")

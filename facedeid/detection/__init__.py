@@ -7,7 +7,9 @@ Detectors are reached by name so the CLI, the evaluator and the video pipeline s
 """
 from __future__ import annotations
 
-from .base import LANDMARK_NAMES, Face, FaceDetector, clip_box, non_max_suppression
+from .base import (LANDMARK_NAMES, Face, FaceDetector, clip_box, merge_faces,
+                   non_max_suppression)
+from ..registry import Registry
 
 
 def _centerface(**kwargs):
@@ -30,22 +32,31 @@ def _haar(**kwargs):
     return HaarDetector(**kwargs)
 
 
-DETECTORS = {
-    "centerface": (_centerface, "CenterFace ONNX (default; fast, gives 5 landmarks)"),
-    "dlib-hog": (_dlib_hog, "dlib HOG + SVM (frontal faces; landmarks from dlib)"),
-    "dlib-cnn": (_dlib_cnn, "dlib MMOD CNN (accurate, slow on CPU; a reference detector)"),
-    "haar": (_haar, "OpenCV Haar cascade (the QM-VAE paper's detector)"),
-}
+DETECTORS: Registry[FaceDetector] = Registry("detector")
+DETECTORS.register("centerface", _centerface, "CenterFace ONNX (default; fast, gives 5 landmarks)")
+DETECTORS.register("dlib-hog", _dlib_hog, "dlib HOG + SVM (frontal faces; landmarks from dlib)")
+DETECTORS.register("dlib-cnn", _dlib_cnn,
+                   "dlib MMOD CNN (accurate, slow on CPU; a reference detector)")
+DETECTORS.register("haar", _haar, "OpenCV Haar cascade (the QM-VAE paper's detector)")
 
 
 def create_detector(name: str = "centerface", **kwargs) -> FaceDetector:
-    """Build a detector by name; keyword arguments go to its constructor."""
-    try:
-        factory = DETECTORS[name][0]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}") from None
-    return factory(**kwargs)
+    """Build a detector by name; keyword arguments go to its constructor.
+
+    Raises:
+        UnknownNameError: no detector is registered as ``name`` (the message lists them).
+    """
+    return DETECTORS.create(name, **kwargs)
+
+
+def __getattr__(name: str):
+    # The locator imports alignment helpers lazily; exposing it lazily keeps
+    # `import facedeid.detection` light and free of import cycles.
+    if name in ("FaceLocator", "locate_faces", "main_face"):
+        from . import locate
+        return getattr(locate, name)
+    raise AttributeError(name)
 
 
 __all__ = ["Face", "FaceDetector", "LANDMARK_NAMES", "DETECTORS", "create_detector", "clip_box",
-           "non_max_suppression"]
+           "merge_faces", "non_max_suppression", "FaceLocator", "locate_faces", "main_face"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -81,28 +82,195 @@ class Face:
 class FaceDetector(ABC):
     """A face detector: ``(H, W, 3) uint8 RGB`` image in, list of :class:`Face` out.
 
-    Subclasses implement :meth:`_detect_raw`; the base class applies the knobs every detector
-    shares (score threshold, minimum face size) so they mean the same for all of them.
+    Subclasses implement :meth:`_detect_raw` on an image at the size the network should see;
+    the base class owns everything that must mean the same for every detector: the score
+    threshold, the minimum face size, and **the scale**. By default an image is searched at its
+    full resolution: one that is larger than :attr:`tile_size` is covered by overlapping tiles
+    at full resolution plus one downscaled overview pass (for faces too large for a tile), and
+    the results are merged. Downscaling a 6000-px photo to a network-friendly size makes its
+    45-px faces 14 px wide, and a detector quietly misses them; tiling cannot miss them by
+    construction. Callers who want speed over completeness pass ``max_side`` explicitly.
     """
 
     name: str = "detector"
     gives_landmarks: bool = False
+    #: longest side one inference pass handles at full resolution; larger images are tiled.
+    tile_size: int = 1280
+    #: smallest face side (pixels, at the size the network sees) the detector finds reliably.
+    smallest_face: int = 16
 
-    def __init__(self, score_threshold: float = 0.5, min_face_size: float = 0.0) -> None:
+    def __init__(self, score_threshold: float = 0.5, min_face_size: float = 0.0,
+                 max_side: int | None = None) -> None:
         self.score_threshold = float(score_threshold)
         self.min_face_size = float(min_face_size)
+        if not np.isfinite(self.score_threshold) or not np.isfinite(self.min_face_size):
+            raise ValueError("score_threshold and min_face_size must be finite numbers")
+        if max_side is not None and int(max_side) < 32:
+            raise ValueError("max_side must be >= 32 pixels (or None for full resolution)")
+        self.max_side = None if max_side is None else int(max_side)
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in ``image`` sorted by score, best first."""
-        _check_rgb(image)
-        faces = [face for face in self._detect_raw(image)
-                 if face.score >= self.score_threshold
-                 and min(face.width, face.height) >= self.min_face_size]
-        return sorted(faces, key=lambda face: -face.score)
+    def detect(self, image: np.ndarray, *, max_side: int | None = None,
+               score_threshold: float | None = None) -> list[Face]:
+        """Faces in ``image`` sorted by score, best first.
+
+        Args:
+            max_side: scale the image so its longer side is at most this and run one pass
+                (faster, misses faces that become too small). ``None`` (default) uses the
+                detector's own ``max_side`` setting, which is full resolution unless the user
+                chose a scale.
+            score_threshold: overrides the detector's threshold for this call only.
+        """
+        return self.detect_batch([image], max_side=max_side, score_threshold=score_threshold)[0]
+
+    def detect_batch(self, images: list[np.ndarray], *, max_side: int | None = None,
+                     score_threshold: float | None = None) -> list[list[Face]]:
+        """Faces in each of several images (same size), with explicit settings.
+
+        This is the public API for callers that batch (the video pipeline): every setting is
+        an argument, none is changed on the shared detector object.
+        """
+        for image in images:
+            _check_rgb(image)
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        max_side = max_side if max_side is not None else self.max_side
+        if not images:
+            return []
+        height, width = images[0].shape[:2]
+        if any(image.shape[:2] != (height, width) for image in images):
+            raise ValueError("detect_batch needs images of one size")
+        if max_side is not None or max(height, width) <= self.tile_size:
+            raw = self._detect_scaled(images, max_side)
+        else:
+            raw = [self._detect_tiled(image) for image in images]
+        return [self._filter(faces, threshold) for faces in raw]
+
+    def _filter(self, faces: list[Face], threshold: float) -> list[Face]:
+        kept = [face for face in faces if face.score >= threshold
+                and min(face.width, face.height) >= self.min_face_size]
+        return sorted(kept, key=lambda face: -face.score)
+
+    def _detect_scaled(self, images: list[np.ndarray], max_side: int | None) -> list[list[Face]]:
+        """One pass over each image scaled to ``max_side`` (``None``: as is), boxes in input pixels."""
+        height, width = images[0].shape[:2]
+        scale = 1.0
+        if max_side and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+        if scale == 1.0:
+            return self._detect_raw_batch(images)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
+        found = self._detect_raw_batch(small)
+        factor = np.array([width / size[0], height / size[1]], np.float32)
+        return [[_scaled(face, factor) for face in faces] for faces in found]
+
+    def _detect_tiled(self, image: np.ndarray) -> list[Face]:
+        """Full-resolution tiles plus a downscaled overview, merged (see the class docstring)."""
+        height, width = image.shape[:2]
+        overview_scale = self.tile_size / max(height, width)
+        # A face the overview cannot see (below `smallest_face` there) must fit whole inside one
+        # tile: the tiles overlap by at least that size.
+        overlap = int(np.ceil(1.5 * self.smallest_face / overview_scale))
+        overlap = min(max(overlap, 2 * self.smallest_face), self.tile_size // 2)
+        candidates: list[Face] = list(self._detect_scaled([image], self.tile_size)[0])
+        for x0, y0, x1, y1 in tile_windows(width, height, self.tile_size, overlap):
+            tile = np.ascontiguousarray(image[y0:y1, x0:x1])
+            if _featureless(tile):
+                continue  # a face has eyes, a mouth, edges: a flat tile cannot hold one
+            for face in self._detect_raw_batch([tile])[0]:
+                box = face.box
+                # A face cut by an inner tile edge is found whole by the neighbouring tile.
+                cut = ((box[0] <= 1 and x0 > 0) or (box[1] <= 1 and y0 > 0)
+                       or (box[2] >= x1 - x0 - 1 and x1 < width)
+                       or (box[3] >= y1 - y0 - 1 and y1 < height))
+                if cut:
+                    continue
+                candidates.append(_shifted(face, x0, y0))
+        return merge_faces(candidates)
+
+    def _detect_raw_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Candidates for several images at their given size; detectors that batch override it."""
+        return [self._detect_raw(image) for image in images]
 
     @abstractmethod
     def _detect_raw(self, image: np.ndarray) -> list[Face]:
-        """All candidate faces, before the shared threshold and size filters."""
+        """All candidate faces in ``image`` at its given size, before the shared filters."""
+
+
+def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` windows of at most ``tile`` pixels covering the image, overlapping
+    by at least ``overlap`` pixels."""
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        step = tile - overlap
+        count = int(np.ceil((length - tile) / step)) + 1
+        return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
+    return [(x, y, min(x + tile, width), min(y + tile, height))
+            for y in starts(height) for x in starts(width)]
+
+
+def merge_faces(faces: list[Face], iou_threshold: float = 0.3,
+                containment: float = 0.7) -> list[Face]:
+    """Merge detections of the same face from several passes (tiles, scales, detectors).
+
+    Greedy by score: a box that overlaps a kept one by IoU above ``iou_threshold``, or lies
+    mostly (``containment`` of its own area) inside it, joins that face. The merged face keeps
+    the best-scored detection's score and landmarks and the *union* of the boxes — a face seen
+    partly by one pass and whole by another is anonymized whole (fail closed).
+    """
+    if not faces:
+        return []
+    boxes = np.array([face.box for face in faces], np.float32)
+    scores = np.array([face.score for face in faces], np.float32)
+    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+    kept: list[int] = []
+    union: dict[int, np.ndarray] = {}
+    for index in np.argsort(-scores, kind="stable"):
+        box = boxes[index]
+        owner = None
+        for leader in kept:
+            other = boxes[leader]
+            inter = max(0.0, min(box[2], other[2]) - max(box[0], other[0])) \
+                * max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
+            smaller = min(areas[index], areas[leader])
+            if inter / (areas[index] + areas[leader] - inter) > iou_threshold \
+                    or inter / smaller > containment:
+                owner = leader
+                break
+        if owner is None:
+            kept.append(int(index))
+            union[int(index)] = box.copy()
+        else:
+            grown = union[owner]
+            union[owner] = np.concatenate([np.minimum(grown[:2], box[:2]),
+                                           np.maximum(grown[2:], box[2:])])
+    merged = []
+    for index in kept:
+        face = faces[index]
+        face.box = union[index].astype(np.float32)
+        merged.append(face)
+    return merged
+
+
+def _featureless(tile: np.ndarray, spread: int = 6) -> bool:
+    """Whether every pixel of ``tile`` lies within ``spread`` grey levels of every other one
+    in every channel (a uniform area: sky, a wall, padding), judged on a 4x subsample."""
+    sample = tile[::4, ::4]
+    return bool((sample.max(axis=(0, 1)).astype(int) - sample.min(axis=(0, 1))).max() <= spread)
+
+
+def _scaled(face: Face, factor: np.ndarray) -> Face:
+    face.box = face.box * np.tile(factor, 2)
+    if face.landmarks is not None:
+        face.landmarks = face.landmarks * factor
+    return face
+
+
+def _shifted(face: Face, dx: float, dy: float) -> Face:
+    face.box = face.box + np.array([dx, dy, dx, dy], np.float32)
+    if face.landmarks is not None:
+        face.landmarks = face.landmarks + np.array([dx, dy], np.float32)
+    return face
 
 
 def _check_rgb(image: np.ndarray) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 
 from ..assets import asset_path
@@ -49,46 +48,36 @@ class CenterFaceDetector(FaceDetector):
         score_threshold: minimum heat-map peak (0–1). 0.5 keeps false positives rare on photos;
             the video pipeline lowers it and lets the tracker confirm.
         min_face_size: smallest face side kept, in pixels.
-        max_side: the image is scaled down so its longer side is at most this before inference
-            (bounded memory and time on huge images); ``None`` runs at full resolution.
+        max_side: scale images so their longer side is at most this before inference (faster,
+            misses small faces); ``None`` (default) searches at full resolution, tiling large
+            images (see :class:`~facedeid.detection.base.FaceDetector`).
         nms_iou: overlap above which the weaker of two boxes is dropped.
     """
 
     name = "centerface"
     gives_landmarks = True
+    tile_size = 1536
+    smallest_face = 12  # stride-4 heat-map: faces of ~10 px still peak
 
     def __init__(self, score_threshold: float = 0.5, min_face_size: float = 0.0,
-                 max_side: int | None = 1920, nms_iou: float = 0.3, threads: int | None = None):
-        super().__init__(score_threshold, min_face_size)
-        self.max_side = max_side
+                 max_side: int | None = None, nms_iou: float = 0.3, threads: int | None = None):
+        super().__init__(score_threshold, min_face_size, max_side)
         self.nms_iou = nms_iou
         self._session = _load_session(threads)
 
     def _detect_raw(self, image: np.ndarray) -> list[Face]:
-        return self.detect_batch([image], raw=True)[0]
+        return self._detect_raw_batch([image])[0]
 
-    def detect_batch(self, images: list[np.ndarray], raw: bool = False) -> list[list[Face]]:
-        """Detect on several same-sized images in one inference call (used by video)."""
+    def _detect_raw_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """One inference over same-sized images, zero-padded to the network's multiple of 32."""
         height, width = images[0].shape[:2]
-        scale = 1.0
-        if self.max_side and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
-        in_w = int(np.ceil(width * scale / 32) * 32)
-        in_h = int(np.ceil(height * scale / 32) * 32)
-        blob = np.stack([cv2.resize(image, (in_w, in_h), interpolation=cv2.INTER_AREA
-                                    if scale < 1 else cv2.INTER_LINEAR).transpose(2, 0, 1)
-                         for image in images]).astype(np.float32)
+        pad_h, pad_w = -height % 32, -width % 32
+        blob = np.stack([image.transpose(2, 0, 1) for image in images]).astype(np.float32)
+        if pad_h or pad_w:
+            blob = np.pad(blob, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
         heat, log_size, offset, landmarks = self._session.run(list(_OUTPUTS), {_INPUT: blob})
-        scale_x, scale_y = in_w / width, in_h / height
-        results = []
-        for i in range(len(images)):
-            faces = self._decode(heat[i, 0], log_size[i], offset[i], landmarks[i],
-                                 scale_x, scale_y, width, height)
-            if not raw:
-                faces = [f for f in faces if f.score >= self.score_threshold
-                         and min(f.width, f.height) >= self.min_face_size]
-            results.append(faces)
-        return results
+        return [self._decode(heat[i, 0], log_size[i], offset[i], landmarks[i], 1.0, 1.0,
+                             width, height) for i in range(len(images))]
 
     def _decode(self, heat, log_size, offset, landmarks, scale_x, scale_y, width, height):
         # Decode every cell above a low floor; the shared threshold filter runs afterwards.

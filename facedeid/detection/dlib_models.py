@@ -6,7 +6,6 @@ detector is built into dlib itself. Landmarks are converted to the canonical fiv
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from ..assets import asset_path
@@ -19,16 +18,6 @@ def _to_rect(box):
     return dlib.rectangle(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
 
 
-def _downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
-    height, width = image.shape[:2]
-    if not max_side or max(height, width) <= max_side:
-        return image, 1.0
-    scale = max_side / max(height, width)
-    resized = cv2.resize(image, (round(width * scale), round(height * scale)),
-                         interpolation=cv2.INTER_AREA)
-    return resized, scale
-
-
 class DlibHogDetector(FaceDetector):
     """dlib's HOG + linear SVM frontal detector.
 
@@ -36,24 +25,24 @@ class DlibHogDetector(FaceDetector):
         upsample: times the image is doubled before scanning (finds faces under ~80 px at a
             cost of ~4x time per step).
         score_threshold: SVM margin; 0 is dlib's own default.
-        max_side: longer side the image is scaled down to first (``None``: full size).
+        max_side: longer side the image is scaled down to first (``None``: full resolution,
+            tiled above ``tile_size``).
     """
 
     name = "dlib-hog"
 
     def __init__(self, score_threshold: float = 0.0, min_face_size: float = 0.0,
-                 upsample: int = 1, max_side: int | None = 1280):
-        super().__init__(score_threshold, min_face_size)
+                 upsample: int = 1, max_side: int | None = None):
+        super().__init__(score_threshold, min_face_size, max_side)
         import dlib
         self.upsample = int(upsample)
-        self.max_side = max_side
+        self.smallest_face = 80 // (2 ** self.upsample)  # the HOG window is 80 px
         self._detector = dlib.get_frontal_face_detector()
 
     def _detect_raw(self, image: np.ndarray) -> list[Face]:
-        small, scale = _downscale(image, self.max_side)
-        rects, scores, _ = self._detector.run(small, self.upsample, min(self.score_threshold, 0.0))
-        return [Face(box=np.array([r.left(), r.top(), r.right(), r.bottom()]) / scale,
-                     score=float(s)) for r, s in zip(rects, scores)]
+        rects, scores, _ = self._detector.run(image, self.upsample, min(self.score_threshold, 0.0))
+        return [Face(box=np.array([r.left(), r.top(), r.right(), r.bottom()]), score=float(s))
+                for r, s in zip(rects, scores)]
 
 
 class DlibCnnDetector(FaceDetector):
@@ -66,18 +55,16 @@ class DlibCnnDetector(FaceDetector):
 
     def __init__(self, score_threshold: float = 0.0, min_face_size: float = 0.0,
                  upsample: int = 0, max_side: int | None = 1280):
-        super().__init__(score_threshold, min_face_size)
+        super().__init__(score_threshold, min_face_size, max_side)
         import dlib
         self.upsample = int(upsample)
-        self.max_side = max_side
+        self.smallest_face = 80 // (2 ** self.upsample)
         self._detector = dlib.cnn_face_detection_model_v1(str(asset_path("dlib_cnn_detector")))
 
     def _detect_raw(self, image: np.ndarray) -> list[Face]:
-        small, scale = _downscale(image, self.max_side)
-        found = self._detector(small, self.upsample)
-        return [Face(box=np.array([d.rect.left(), d.rect.top(), d.rect.right(),
-                                   d.rect.bottom()]) / scale, score=float(d.confidence))
-                for d in found]
+        found = self._detector(image, self.upsample)
+        return [Face(box=np.array([d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()]),
+                     score=float(d.confidence)) for d in found]
 
 
 class DlibLandmarker:

@@ -60,56 +60,118 @@ def pairwise_distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-def successful_deidentification_rate(distances: np.ndarray, tau: float) -> float:
-    """Book Eq. 3.2: fraction of de-identified faces whose identity distance exceeds ``tau``."""
+def successful_deidentification_rate(distances: np.ndarray, tau: float,
+                                     unprotected: np.ndarray | None = None) -> float:
+    """Book Eq. 3.2: fraction of de-identified faces whose identity distance exceeds ``tau``.
+
+    ``unprotected`` (``(N,)`` bool) marks faces the method failed on: they stay in the
+    denominator and never count as de-identified, whatever their distance.
+    """
     distances = np.asarray(distances, dtype=np.float64).reshape(-1)
     if distances.size == 0:
         return float("nan")
-    return float(np.mean(distances > tau))
+    success = distances > tau
+    if unprotected is not None:
+        success &= ~np.asarray(unprotected, dtype=bool).reshape(-1)
+    return float(np.mean(success))
 
 
 def rank1_identification_rate(probes: np.ndarray, probe_ids: Sequence, gallery: np.ndarray,
-                              gallery_ids: Sequence, metric: str = "euclidean") -> float:
+                              gallery_ids: Sequence, metric: str = "euclidean", *,
+                              probe_keys: Sequence | None = None,
+                              gallery_keys: Sequence | None = None,
+                              unprotected: np.ndarray | None = None) -> float:
     """Fraction of probes whose nearest gallery embedding carries the probe's identity.
 
     Probes whose identity has no gallery entry are excluded first (they cannot be identified
     by construction; :func:`identifiable_mask` tells how many there are). Lower is more private.
+    Keyword arguments as in :func:`rank1_hits`.
     """
-    hits = rank1_hits(probes, probe_ids, gallery, gallery_ids, metric)
+    hits = rank1_hits(probes, probe_ids, gallery, gallery_ids, metric, probe_keys=probe_keys,
+                      gallery_keys=gallery_keys, unprotected=unprotected)
     return float(hits.mean()) if hits.size else float("nan")
 
 
-def identifiable_mask(probe_ids: Sequence, gallery_ids: Sequence) -> np.ndarray:
-    """``(N,)`` bool: probes whose identity appears in the gallery."""
-    known = set(gallery_ids)
-    return np.array([pid in known for pid in probe_ids], dtype=bool)
+def identifiable_mask(probe_ids: Sequence, gallery_ids: Sequence,
+                      probe_keys: Sequence | None = None,
+                      gallery_keys: Sequence | None = None) -> np.ndarray:
+    """``(N,)`` bool: probes whose identity appears in the gallery (other than as themselves).
+
+    With keys, a gallery entry whose key equals the probe's (the same photo) does not count.
+    """
+    if probe_keys is None or gallery_keys is None:
+        known = set(gallery_ids)
+        return np.array([pid in known for pid in probe_ids], dtype=bool)
+    return _allowed_same_identity(probe_ids, gallery_ids, probe_keys, gallery_keys).any(axis=1)
+
+
+def _allowed_pairs(probe_keys: Sequence | None, gallery_keys: Sequence | None,
+                   shape: tuple[int, int]) -> np.ndarray:
+    """``(N, M)`` bool: pairs that may be matched (never a photo with itself)."""
+    if probe_keys is None or gallery_keys is None:
+        return np.ones(shape, dtype=bool)
+    probe_keys = np.asarray(probe_keys, dtype=object)
+    gallery_keys = np.asarray(gallery_keys, dtype=object)
+    if probe_keys.shape != (shape[0],) or gallery_keys.shape != (shape[1],):
+        raise ValueError("one key per probe and per gallery entry is needed")
+    return probe_keys[:, None] != gallery_keys[None, :]
+
+
+def _allowed_same_identity(probe_ids, gallery_ids, probe_keys, gallery_keys) -> np.ndarray:
+    probe_ids = np.asarray(probe_ids, dtype=object)
+    gallery_ids = np.asarray(gallery_ids, dtype=object)
+    same = probe_ids[:, None] == gallery_ids[None, :]
+    return same & _allowed_pairs(probe_keys, gallery_keys, same.shape)
 
 
 def rank1_hits(probes: np.ndarray, probe_ids: Sequence, gallery: np.ndarray,
-               gallery_ids: Sequence, metric: str = "euclidean") -> np.ndarray:
-    """Per identifiable probe: ``True`` when its nearest gallery entry has the same identity."""
+               gallery_ids: Sequence, metric: str = "euclidean", *,
+               probe_keys: Sequence | None = None, gallery_keys: Sequence | None = None,
+               unprotected: np.ndarray | None = None) -> np.ndarray:
+    """Per identifiable probe: ``True`` when its nearest gallery entry has the same identity.
+
+    Args:
+        probe_keys, gallery_keys: what photo each row is (e.g. a file digest). A probe is never
+            matched against its own photo, so a gallery may hold the other probes
+            (leave-one-out linking) without the probe finding itself.
+        unprotected: ``(N,)`` bool, faces the method failed on: each counts as identified
+            (``True``) when its identity is in the gallery, whatever its nearest neighbour is —
+            a face the method did not protect is never reported as protected.
+    """
     probes, gallery = _rows(probes), _rows(gallery)
     probe_ids, gallery_ids = np.asarray(probe_ids, dtype=object), np.asarray(gallery_ids, dtype=object)
     if len(probe_ids) != len(probes) or len(gallery_ids) != len(gallery):
         raise ValueError("one identity per embedding is needed")
-    keep = identifiable_mask(probe_ids, gallery_ids)
-    if not keep.any() or len(gallery) == 0:
+    if len(gallery) == 0:
         return np.zeros(0, dtype=bool)
-    nearest = pairwise_distance(probes[keep], gallery, metric).argmin(axis=1)
-    return gallery_ids[nearest] == probe_ids[keep]
+    allowed = _allowed_pairs(probe_keys, gallery_keys, (len(probes), len(gallery)))
+    keep = ((probe_ids[:, None] == gallery_ids[None, :]) & allowed).any(axis=1)
+    if not keep.any():
+        return np.zeros(0, dtype=bool)
+    distances = np.where(allowed[keep], pairwise_distance(probes[keep], gallery, metric), np.inf)
+    hits = gallery_ids[distances.argmin(axis=1)] == probe_ids[keep]
+    if unprotected is not None:
+        unprotected = np.asarray(unprotected, dtype=bool).reshape(-1)
+        if unprotected.shape != (len(probes),):
+            raise ValueError("one unprotected flag per probe is needed")
+        hits |= unprotected[keep]
+    return hits
 
 
 def genuine_impostor_distances(probes: np.ndarray, probe_ids: Sequence, gallery: np.ndarray,
                                gallery_ids: Sequence, metric: str = "euclidean",
-                               exclude_same_index: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                               exclude_same_index: bool = False, *,
+                               probe_keys: Sequence | None = None,
+                               gallery_keys: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All probe × gallery distances split into same-identity and different-identity pairs.
 
     Args:
         exclude_same_index: drop the diagonal (when probes and gallery are the same list).
+        probe_keys, gallery_keys: drop pairs of a photo with itself (see :func:`rank1_hits`).
     """
     distances = pairwise_distance(probes, gallery, metric)
     same = np.asarray(probe_ids, dtype=object)[:, None] == np.asarray(gallery_ids, dtype=object)[None, :]
-    valid = np.ones_like(same, dtype=bool)
+    valid = _allowed_pairs(probe_keys, gallery_keys, same.shape)
     if exclude_same_index:
         if distances.shape[0] != distances.shape[1]:
             raise ValueError("exclude_same_index needs probes and gallery of the same length")

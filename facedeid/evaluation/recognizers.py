@@ -26,6 +26,7 @@ import numpy as np
 
 from ..assets import asset_path
 from ..errors import InvalidInputError, MissingWeightsError
+from ..registry import Registry
 
 
 class FaceRecognizer(ABC):
@@ -222,20 +223,17 @@ class OnnxRecognizer(FaceRecognizer):
 
 
 # -- registry ----------------------------------------------------------------------------------
-RECOGNIZERS: dict[str, tuple[Callable[..., FaceRecognizer], str]] = {}
+RECOGNIZERS: Registry[FaceRecognizer] = Registry("recognizer")
 
 
 def register_recognizer(name: str, factory: Callable[..., FaceRecognizer], description: str) -> None:
     """Make ``create_recognizer(name, **kw)`` build ``factory(**kw)`` (open to other modules)."""
-    RECOGNIZERS[name] = (factory, description)
+    RECOGNIZERS.register(name, factory, description)
 
 
 def create_recognizer(name: str = "dlib", **kwargs) -> FaceRecognizer:
-    try:
-        factory = RECOGNIZERS[name][0]
-    except KeyError:
-        raise ValueError(f"unknown recognizer {name!r}; choose one of {', '.join(RECOGNIZERS)}") from None
-    return factory(**kwargs)
+    """Build the recognizer ``name``; :class:`~facedeid.errors.UnknownNameError` if none."""
+    return RECOGNIZERS.create(name, **kwargs)
 
 
 register_recognizer("dlib", DlibRecognizer, "dlib 128-D ResNet (Euclidean, threshold 0.6)")
@@ -243,12 +241,21 @@ register_recognizer("onnx", OnnxRecognizer, "any ONNX embedding model given by p
 
 
 def _surrogate_recognizer(**kwargs) -> FaceRecognizer:  # lazy: keeps torch out of plain imports
-    from ..models.surrogate_recognizer import SurrogateFaceRecognizer
+    from .surrogate_recognizer import SurrogateFaceRecognizer
     return SurrogateFaceRecognizer(**kwargs)
 
 
 register_recognizer("surrogate", _surrogate_recognizer,
                     "PyTorch CosFace CNN trained on celeba-id200 train ids (cosine)")
+
+
+def _faceres_recognizer(**kwargs) -> FaceRecognizer:  # lazy: torch and the tfjs graph on use only
+    from .faceres_recognizer import FaceresRecognizer
+    return FaceresRecognizer(**kwargs)
+
+
+register_recognizer("faceres", _faceres_recognizer,
+                    "faceres MobileNet (VGGFace2, npm @vladmandic/human) 1024-D, cosine")
 
 
 # -- cache of original embeddings --------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 Protocol (why each step is the way it is):
 
-1. Faces are detected on the **originals** (the largest face of each image) and that known
-   location is used everywhere after: the method de-identifies exactly that face (through the
+1. Faces are located on the **originals** by one
+   :class:`~facedeid.detection.locate.FaceLocator` per run (detection plus its second chance),
+   and the face of each image is :func:`~facedeid.detection.locate.main_face` (the project's
+   one rule: largest box, ties by score). That known location is used everywhere after: the
+   method de-identifies exactly that face (through the
    same :class:`~facedeid.pipeline.Anonymizer` as ``facedeid anonymize``), and the attacker
    embeds the output at the original's box with landmarks located on the original — a detector
    that fails on the output is not privacy. Originals without a detected face are excluded
@@ -12,10 +15,26 @@ Protocol (why each step is the way it is):
    recognizer's threshold (book Eq. 3.2), rank-1 with (a) the probe-set originals as gallery
    (EEAE's protocol, own original included) and (b) *other* photos of the same people (a linking
    attack), and TAR at fixed FAR on the probe × linking-gallery pairs.
+   Attackers by default: dlib and faceres. Each is marked "seen in training" for a method that
+   optimised against it (``DeidMethod.trained_with``), else "independent".
+   **Parrot attack** (Newton et al.): the attacker runs the same public method with the same
+   parameters and a fresh seed over its gallery (the probe-set originals, and the linking
+   gallery) and matches de-identified probes against de-identified gallery photos.
+   **Restored** (optional): a callable given to :class:`Evaluator` maps de-identified outputs
+   to restored images (e.g. a trained restoration network); they are matched against the
+   original galleries.
 3. Utility through the service evaluators (:mod:`facedeid.evaluation.services`), original vs
    output, and image quality (:mod:`facedeid.evaluation.quality`).
 
-A method that raises on one image is recorded as a failure of that image; the rest goes on.
+A method that raises on one image is recorded as a failure of that image and the rest goes on;
+that face counts as **not protected** in every privacy figure (it stays in the denominator, its
+"output" is the original: identity distance 0, never de-identified, always identified when its
+person is in the gallery). Utility and quality are measured over the outputs that exist.
+
+Identity-disjoint protocol: CelebA-layout datasets are split with ``identity_split_disjoint.txt``
+where it exists (celeba-id200: 40 test people no project model was trained on). The linking
+gallery is other photos of the probes' people: photos outside the probe set first, then the
+other probes (a probe is never matched with its own photo).
 """
 from __future__ import annotations
 
@@ -23,20 +42,33 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..detection import Face, FaceDetector, create_detector
+from ..detection import Face, FaceDetector
+from ..detection.locate import FaceLocator, main_face
 from ..errors import FaceDeidError, InvalidParameterError
 from ..io.datasets import FaceDataset, FaceRecord, load_dataset
+from ..methods.registry import format_spec, parse_spec
 from . import privacy, quality
 from .recognizers import EmbeddingCache, FaceRecognizer, create_recognizer, file_digest
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FARS = (1e-2, 1e-3)
-DEFAULT_SERVICES = ("expression", "attributes", "detection")
+DEFAULT_SERVICES = ("expression", "attributes", "detection", "age_gender")
+DEFAULT_RECOGNIZERS = ("dlib", "faceres")
+#: the parrot attacker's seed is the evaluation seed plus this: a fresh seed, reproducibly
+PARROT_SEED_OFFSET = 7919
+INDEPENDENT, SEEN_IN_TRAINING = "independent", "seen in training"
+
+#: ``restorer(spec, deidentified_images, boxes) -> restored images | None`` (None: no attacker
+#: trained for this method); boxes are the original face boxes, images keep their shapes.
+Restorer = Callable[["MethodSpec", list, list], "list[np.ndarray] | None"]
 
 
 @dataclass(frozen=True)
@@ -50,27 +82,13 @@ class MethodSpec:
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
         """``NAME`` or ``NAME:k=v,k=v`` (``label=...`` names the row in the report)."""
-        name, _, rest = text.strip().partition(":")
-        if not name:
-            raise InvalidParameterError(f"empty method in spec {text!r}")
-        params, label = [], ""
-        for pair in filter(None, (p.strip() for p in rest.split(","))):
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise InvalidParameterError(f"spec {text!r}: expected key=value, got {pair!r}")
-            if key.strip() == "label":
-                label = value.strip()
-            else:
-                params.append((key.strip(), value.strip()))
-        return cls(name, tuple(params), label)
+        name, params = parse_spec(text)
+        label = params.pop("label", "")
+        return cls(name, tuple(params.items()), label)
 
     @property
     def title(self) -> str:
-        if self.label:
-            return self.label
-        if not self.params:
-            return self.method
-        return f"{self.method}:" + ",".join(f"{k}={v}" for k, v in self.params)
+        return self.label or format_spec(self.method, self.params)
 
 
 @dataclass
@@ -79,9 +97,10 @@ class EvalConfig:
 
     dataset: str = "celeba-id200"
     split: str | None = "test"
+    split_source: str = "disjoint"  # CelebA: identity_split_disjoint.txt where it exists
     limit: int | None = None
     data_root: str | None = None
-    recognizers: Sequence[str | FaceRecognizer] = ("dlib",)
+    recognizers: Sequence[str | FaceRecognizer] = DEFAULT_RECOGNIZERS
     recognizer_params: dict = field(default_factory=dict)  # name -> kwargs
     services: Sequence[str] = DEFAULT_SERVICES
     service_crop: str = "haar"
@@ -99,6 +118,7 @@ class EvalConfig:
     lpips_weights: str | None = None
     samples: int = 6
     progress: bool = True
+    parrot: bool = True
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k != "recognizers"}
@@ -124,16 +144,16 @@ def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
-def _largest(faces: list[Face]) -> Face | None:
-    return max(faces, key=lambda f: f.width * f.height) if faces else None
-
-
 class Evaluator:
     """Holds the models of one run; :meth:`run` evaluates several method specs on one dataset."""
 
     def __init__(self, config: EvalConfig):
         self.config = config
-        self.detector: FaceDetector = create_detector(config.detector, **config.detector_params)
+        # One locator for the run: originals, gallery and every method's Anonymizer share it
+        # (models load once; every stage sees the same faces).
+        self.locator = FaceLocator(config.detector, config.detector_params,
+                                   landmarks=config.landmarks)
+        self.detector: FaceDetector = self.locator.detector
         self.recognizers: list[FaceRecognizer] = [
             r if isinstance(r, FaceRecognizer)
             else create_recognizer(r, **config.recognizer_params.get(r, {}))
@@ -141,21 +161,24 @@ class Evaluator:
         if not self.recognizers:
             raise InvalidParameterError("at least one recognizer is needed for privacy metrics")
         self.cache = EmbeddingCache(config.cache_dir)
-        self.locator = f"{config.detector}|{sorted(config.detector_params.items())}|largest"
+        # Names how the face of an original was chosen, in the embedding cache's key: entries
+        # made under another rule (the old "largest" pick) are never reused.
+        self.locator_key = (f"{config.detector}|{sorted(config.detector_params.items())}"
+                            "|locator+main_face")
         self._gallery_embeddings: list[np.ndarray] = []
 
     # -- originals ----------------------------------------------------------------------------
     def _anonymizer(self, spec: MethodSpec):
         from ..pipeline import Anonymizer
         c = self.config
+        # allow_weak: measuring how weak a setting is is the evaluator's job, so it never refuses
         return Anonymizer(method=spec.method, method_params=dict(spec.params),
-                          detector=self.detector, landmarks=c.landmarks, expand=c.expand,
-                          feather=c.feather, mask_shape=c.mask_shape, no_face="keep", seed=c.seed)
+                          detector=self.locator, landmarks=c.landmarks, expand=c.expand,
+                          feather=c.feather, mask_shape=c.mask_shape, no_face="keep", seed=c.seed,
+                          allow_weak=True)
 
     def prepare_probes(self, dataset: FaceDataset) -> tuple[list[Probe], dict]:
-        """Load and detect every original; return the usable ones and what was excluded."""
-        from ..pipeline import Anonymizer
-        filler = Anonymizer(method="mask", detector=self.detector, landmarks=self.config.landmarks)
+        """Load and locate every original; return the usable ones and what was excluded."""
         probes, no_face, unreadable = [], [], []
         for index, record in enumerate(_progress(dataset.records, self.config.progress,
                                                  desc="detect originals", unit="img")):
@@ -164,7 +187,7 @@ class Evaluator:
             except FaceDeidError as error:
                 unreadable.append({"file": record.name, "error": str(error)})
                 continue
-            face = _largest(filler.detect(image))
+            face = main_face(self.locator.locate(image))
             if face is None:
                 no_face.append(record.name)
                 continue
@@ -179,7 +202,7 @@ class Evaluator:
         out: list[np.ndarray | None] = []
         missing = []
         for i, probe in enumerate(probes):
-            hit = self.cache.get(probe.digest, recognizer.name, self.locator)
+            hit = self.cache.get(probe.digest, recognizer.name, self.locator_key)
             if hit is not None and np.allclose(hit[1], probe.face.box, atol=0.5):
                 out.append(hit[0])
             else:
@@ -192,7 +215,7 @@ class Evaluator:
                                           [probes[i].face.box for i in chunk])
             for i, embedding in zip(chunk, embeddings):
                 out[i] = embedding
-                self.cache.put(probes[i].digest, recognizer.name, self.locator, embedding,
+                self.cache.put(probes[i].digest, recognizer.name, self.locator_key, embedding,
                                probes[i].face.box)
         return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
@@ -222,13 +245,11 @@ class Evaluator:
         need_detection = []
         for record in chosen:  # cached entries also give the box: no decoding or detection
             digest = file_digest(record.path)
-            hits = [self.cache.get(digest, r.name, self.locator) for r in self.recognizers]
+            hits = [self.cache.get(digest, r.name, self.locator_key) for r in self.recognizers]
             if all(h is not None for h in hits):
                 gallery.append((record, digest, [h[0] for h in hits], hits[0][1]))
             else:
                 need_detection.append((record, digest))
-        from ..pipeline import Anonymizer
-        filler = Anonymizer(method="mask", detector=self.detector, landmarks=c.landmarks)
         fresh = []
         for record, digest in _progress(need_detection, c.progress and bool(need_detection),
                                         desc="detect gallery", unit="img"):
@@ -237,7 +258,7 @@ class Evaluator:
             except FaceDeidError:
                 no_face += 1
                 continue
-            face = _largest(filler.detect(image))
+            face = main_face(self.locator.locate(image))
             if face is None:
                 no_face += 1
                 continue

@@ -144,6 +144,29 @@ def read_celeba_attributes(path: Path) -> tuple[tuple[str, ...], dict[str, dict[
     return names, table
 
 
+def read_celeba_id200_index(root: str | os.PathLike) -> list[tuple[str, int, bool]]:
+    """``[(file name, identity, is_train)]`` of celeba-id200, in ``identity_split.txt`` order.
+
+    From the official ``identity_CelebA.txt`` and the subset's ``identity_split.txt`` (24 train
+    and 6 test photos of each of 200 people). Used where one row per face is wanted without
+    the attribute table (the surrogate recognizer's training data, k-Same's default gallery).
+    """
+    root = Path(root)
+    _require(root, [root / "identity_CelebA.txt", root / "identity_split.txt"], "celeba-id200")
+    identities = _read_two_columns(root / "identity_CelebA.txt")
+    rows = []
+    for file_name, split in _read_two_columns(root / "identity_split.txt").items():
+        if file_name not in identities:
+            raise DatasetError(f"{root / 'identity_split.txt'} lists {file_name}, which "
+                               "identity_CelebA.txt does not")
+        rows.append((file_name, int(identities[file_name]), split == "train"))
+    return rows
+
+
+#: celeba-id200's identity-disjoint split (``file train|test``; test people never trained on)
+DISJOINT_SPLIT_FILE = "identity_split_disjoint.txt"
+
+
 def load_celeba(root: str | os.PathLike, split: str | None = None, split_source: str = "auto",
                 name: str | None = None) -> FaceDataset:
     """CelebA (full or a subset in the official layout).
@@ -152,7 +175,10 @@ def load_celeba(root: str | os.PathLike, split: str | None = None, split_source:
         split: ``"train"``, ``"valid"``, ``"test"`` or ``None``/``"all"``.
         split_source: ``"identity"`` uses ``identity_split.txt`` (every person in both splits,
             for linking attacks), ``"official"`` uses ``list_eval_partition.txt`` (disjoint
-            people), ``"auto"`` prefers ``identity_split.txt`` when it exists.
+            people), ``"auto"`` prefers ``identity_split.txt`` when it exists,
+            ``"disjoint"`` prefers ``identity_split_disjoint.txt`` (celeba-id200: 160 train / 40
+            test people, for privacy figures on people no model was trained on) and otherwise
+            behaves like ``"auto"``.
     """
     root = Path(root)
     images = root / "img_align_celeba"
@@ -165,8 +191,10 @@ def load_celeba(root: str | os.PathLike, split: str | None = None, split_source:
     if split_source == "identity" and not identity_split_file.is_file():
         raise DatasetError(f"{identity_split_file} is missing (split_source='identity' needs it; "
                            "use split_source='official' for list_eval_partition.txt)")
-    if split_source not in ("auto", "identity", "official"):
-        raise ValueError("split_source must be 'auto', 'identity' or 'official'")
+    if split_source not in ("auto", "identity", "official", "disjoint"):
+        raise ValueError("split_source must be 'auto', 'identity', 'official' or 'disjoint'")
+    if split_source == "disjoint" and (root / DISJOINT_SPLIT_FILE).is_file():
+        identity_split_file = root / DISJOINT_SPLIT_FILE
     if split_source != "official" and identity_split_file.is_file():
         splits = _read_two_columns(identity_split_file)
     else:

@@ -44,6 +44,10 @@ class Cartoon(DeidMethod):
     name = "cartoon"
     summary = "flat colours + outlines; non-learned stand-in for the paper's UGATIT"
     reference = "Qiu et al. 2022, QM-VAE §3.1 (UGATIT replaced, see module docstring)"
+    weakness = ("keeps identity: dlib re-identified 15/20 CelebA faces (118 px) at the defaults, "
+                "17/20 at levels=16, 18/20 at smoothing=0 levels=64 (benchmarks/weak_params.py)")
+    # No setting measured hides identity, so no parameter declares a safe range; the weakness
+    # line (and every instance's weak_reasons) says so instead.
     params = (
         Param("levels", int, 6, "colour levels per channel after quantisation", minimum=2, maximum=64),
         Param("smoothing", int, 6, "bilateral filter passes", minimum=0, maximum=30),

@@ -41,6 +41,8 @@ import numpy as np
 from ..alignment import FaceCrop
 from ..errors import InvalidParameterError
 from .base import DeidMethod, FaceContext, Param, require_positive
+from .classic import (LAPLACE_STRONG_LAM, MOSAIC_MAX_CELLS, NOISE_STRONG_SIGMA, _face_side,
+                      noise_needed)
 from .registry import register
 
 
@@ -165,9 +167,13 @@ def _to_rgb(result: np.ndarray) -> np.ndarray:
 
 
 _COMMON = (
-    Param("eps", float, 0.5, "privacy budget ε (> 0); smaller = stronger privacy, more noise",
-          minimum=1e-9),
-    Param("b", int, 16, "cell side in image pixels", minimum=1, maximum=512),
+    Param("eps", float, 0.5, "privacy budget ε (> 0); smaller = stronger privacy, more noise. "
+          "No range of its own: with b it sets the noise, and the method is refused (unless "
+          "allow_weak) when the noise is below what hides a face while the cells are too "
+          "small to (see DPPix / DPBlur)", minimum=1e-9),
+    Param("b", int, 16, "cell side in image pixels; the cells alone de-identify while the face "
+          "spans at most 16 of them (as mosaic; checked per face). b=1 keeps every pixel, so "
+          "only the noise protects", minimum=1, maximum=512),
     Param("m", int, 16, "pixels a neighbouring image may differ in (the protected secret)",
           minimum=1, maximum=1_000_000),
     Param("grayscale", bool, False, "obfuscate the grey image (Fan's setting, C = 1) instead of RGB "
@@ -176,12 +182,55 @@ _COMMON = (
 
 
 class _DPMethod(DeidMethod):
+    """Shared strength check: DP-Pix / DP-Blur hide a face by their cells *or* by their noise.
+
+    The cells are a mosaic of b-pixel blocks, which de-identifies while the face spans at most
+    ``MOSAIC_MAX_CELLS`` (16) of them; the noise alone de-identifies from the strength that
+    plain noise needs on a 118-px face (Laplace scale 0.3 x 255 grey levels, Gaussian sigma 120:
+    see :mod:`facedeid.methods.classic`), grown in proportion once the face spans more than 118
+    *cells* (a recognizer shrinking the face averages independent cells, not pixels of one
+    cell; derived from the measured linear growth of plain noise, not measured for DP itself).
+    A setting that has neither — ``eps=1e9, b=1`` is the untouched face — is weak: with b = 1 at
+    construction, otherwise for the first face that spans more than 16 cells.
+    """
+
     space = "box"
 
     def __init__(self, **params):
         # eps <= 0 must fail with a sentence about ε, not a generic range message
         require_positive(params, "eps", "the privacy budget ε")
         super().__init__(**params)
+
+    def noise_scale(self) -> float:
+        """The noise's scale in grey levels (Laplace λ or Gaussian σ) for these settings."""
+        raise NotImplementedError
+
+    def strong_noise(self, cells_across: float) -> float:
+        """Noise scale (grey levels) that hides a face ``cells_across`` cells wide."""
+        raise NotImplementedError
+
+    def noise_hides_face(self, cells_across: float = 0.0) -> bool:
+        return self.noise_scale() >= self.strong_noise(cells_across)
+
+    def _noise_words(self, cells_across: float = 0.0) -> str:
+        return (f"{self.noise_kind} {self.noise_scale():.1f} grey levels (a face needs "
+                f"{self.strong_noise(cells_across):.0f})")
+
+    def validate(self) -> None:
+        if self.config["b"] == 1 and not self.noise_hides_face():
+            self.flag_weak(f"b=1 keeps every pixel and eps={self.config['eps']:g} gives noise of "
+                           f"only {self._noise_words()}, so nothing hides the face; use b >= 2 "
+                           "sized for the face, or a smaller eps", key="strength")
+
+    def check_face(self, crop: FaceCrop) -> None:
+        side = _face_side(crop)
+        cells = side / self.config["b"]
+        if cells > MOSAIC_MAX_CELLS and not self.noise_hides_face(cells):
+            self.flag_weak(f"b={self.config['b']} leaves {cells:.0f} cells across a {side:.0f}-px "
+                           f"face (cells hide it up to {MOSAIC_MAX_CELLS}) and eps="
+                           f"{self.config['eps']:g} gives noise of only {self._noise_words(cells)}; use "
+                           f"b >= {int(np.ceil(side / MOSAIC_MAX_CELLS))} or a smaller eps",
+                           key="strength")
 
 
 @register
@@ -193,7 +242,17 @@ class DPPix(_DPMethod):
     reference = "L. Fan, Image pixelization with differential privacy, DBSec 2018, Alg. 1, Thm. 1"
     params = _COMMON
 
+    def noise_scale(self) -> float:
+        c = self.config
+        return laplace_scale(c["eps"], c["b"], c["m"], channels=1 if c["grayscale"] else 3)
+
+    noise_kind = "Laplace scale"
+
+    def strong_noise(self, cells_across: float) -> float:
+        return noise_needed(LAPLACE_STRONG_LAM * 255, cells_across)
+
     def apply(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
+        self.check_face(crop)
         c = self.config
         pixels = _as_channels(crop.pixels, c["grayscale"])
         return _to_rgb(dp_pix(pixels, c["b"], c["eps"], c["m"], context.rng))
@@ -219,8 +278,21 @@ class DPBlur(_DPMethod):
         if c["mechanism"] == "classic" and c["eps"] >= 1:
             raise InvalidParameterError("mechanism=classic is proven only for eps < 1; "
                                         "use mechanism=analytic")
+        super().validate()
+
+    def noise_scale(self) -> float:
+        c = self.config
+        channels = 1 if c["grayscale"] else 3
+        return gaussian_sigma(c["eps"], c["delta"], l2_sensitivity(c["b"], c["m"], channels),
+                              c["mechanism"])
+
+    noise_kind = "Gaussian sigma"
+
+    def strong_noise(self, cells_across: float) -> float:
+        return noise_needed(NOISE_STRONG_SIGMA, cells_across)
 
     def apply(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
+        self.check_face(crop)
         c = self.config
         pixels = _as_channels(crop.pixels, c["grayscale"])
         blur = c["blur_sigma"] or c["b"] / 2

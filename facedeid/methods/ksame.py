@@ -206,7 +206,7 @@ def _gallery_files(folder: Path) -> list[Path]:
 
 def _default_gallery_files(root: Path) -> list[Path]:
     """celeba-id200 train split, first photo of each of the 200 identities."""
-    from ..training.recognizer import read_celeba_id200_index
+    from ..io.datasets import read_celeba_id200_index
     seen, files = set(), []
     for name, identity, is_train in read_celeba_id200_index(root):
         if is_train and identity not in seen:
@@ -217,13 +217,14 @@ def _default_gallery_files(root: Path) -> list[Path]:
 
 @lru_cache(maxsize=4)
 def fit_gallery(gallery: str, size: int) -> np.ndarray:
-    """Detect (CenterFace) and align (``FaceAligner(size)``) one face per gallery photo.
+    """Locate (:class:`~facedeid.detection.locate.FaceLocator`, CenterFace) and align
+    (``FaceAligner(size)``) the :func:`~facedeid.detection.locate.main_face` of each photo.
 
     Returns:
         ``(G, size, size, 3)`` uint8 aligned faces (photos without a face are skipped).
     """
     from ..alignment import FaceAligner
-    from ..detection import create_detector
+    from ..detection.locate import FaceLocator, main_face
     from ..io.images import read_image
 
     if gallery:
@@ -239,7 +240,7 @@ def fit_gallery(gallery: str, size: int) -> np.ndarray:
             "Pass gallery=FOLDER: a folder with one frontal face photo per person (or one "
             "sub-folder per person), at least k different people. (The default gallery, "
             f"celeba-id200 at {DEFAULT_GALLERY}, is not present on this machine.)")
-    detector = create_detector("centerface")
+    locator = FaceLocator("centerface")
     aligner = FaceAligner(size)
     crops = []
     for path in files:
@@ -247,9 +248,9 @@ def fit_gallery(gallery: str, size: int) -> np.ndarray:
             image = read_image(path).rgb
         except Exception:
             continue
-        faces = detector.detect(image)
-        if faces:
-            crops.append(aligner.align(image, faces[0]).pixels)
+        face = main_face(locator.locate(image))
+        if face is not None:
+            crops.append(aligner.align(image, face).pixels)
     if len(crops) < 2:
         raise InvalidParameterError(
             f"the k-Same gallery {gallery or DEFAULT_GALLERY} yields {len(crops)} face(s); it needs "
@@ -297,8 +298,10 @@ class KSame(DeidMethod):
     space = "aligned"
     aligned_size = 128
     params = (
-        Param("k", int, 10, "faces averaged (the input and its k-1 nearest gallery faces)",
-              minimum=2, maximum=1000),
+        Param("k", int, 10, "faces averaged (the input and its k-1 nearest gallery faces). "
+              "De-identifies from 5 (dlib re-identified 13/20 CelebA faces at k=2, 8/20 at 3, "
+              "5/20 at 5, 1/20 at 10; benchmarks/weak_params.py)",
+              minimum=2, maximum=1000, safe_min=5),
         Param("variant", str, "pixel", "average pixels or eigenface coefficients",
               choices=("pixel", "eigen")),
         Param("gallery", str, "", "folder of face photos, one per person (or one sub-folder "

@@ -2,7 +2,9 @@
 
 Qiu et al., Appl. Sci. 2022 (seed 000): §3.1 (the input operators, Eq. 1-3 + cartoon), §4.2
 (the multi-input VQ-VAE, Eq. 5-6), §4.3 (execution: crop -> de-identify -> fuse). Training
-(Eq. 7-8) lives in :mod:`facedeid.training.qmvae`.
+(Eq. 7-8) lives in :mod:`facedeid.training.qmvae`; the input stacking below
+(:func:`build_input_methods`, :func:`deidentified_versions`) is shared by inference and by the
+training data, so the network is trained on exactly the stacks it is later given.
 
 At inference the network only ever sees the de-identified versions of the aligned face; the
 original crop is handed to the input operators and to nothing else. The checkpoint records which
@@ -12,18 +14,45 @@ torch is imported only when the method is built, so ``import facedeid`` stays li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..alignment import FaceCrop
+from ..errors import InvalidInputError, InvalidParameterError
 from .base import DeidMethod, FaceContext, Param
-from .registry import register
+from .registry import create_method, parse_spec, register
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "qmvae_expression.pt"
 
 _LOADED: dict[str, tuple[Any, dict]] = {}  # resolved checkpoint path -> (model, payload)
+
+
+def build_input_methods(inputs: Sequence[str]) -> list[DeidMethod]:
+    """Registered methods for each ``"name:k=v,..."`` input spec, validated now (typos in a
+    training run's ``--inputs`` fail before any face is processed)."""
+    if len(inputs) < 1:
+        raise InvalidParameterError("QM-VAE needs at least one de-identified input")
+    return [create_method(name, **params) for name, params in map(parse_spec, inputs)]
+
+
+def deidentified_versions(crop: FaceCrop, methods: Sequence[DeidMethod],
+                          rng_key: Sequence[int]) -> list[np.ndarray]:
+    """Every input method applied to one aligned crop: ``M`` arrays ``(S, S, 3) uint8``.
+
+    Each method gets its own generator seeded by ``(*rng_key, position)``, so a face's stack is
+    reproducible and does not depend on which other methods are in it.
+    """
+    versions = []
+    for position, method in enumerate(methods):
+        context = FaceContext(rng=np.random.default_rng([*rng_key, position]))
+        pixels = np.asarray(method.apply(crop, context), dtype=np.uint8)
+        if pixels.shape != crop.pixels.shape:
+            raise InvalidInputError(f"input method {method.name!r} returned shape {pixels.shape}, "
+                                    f"expected {crop.pixels.shape}")
+        versions.append(pixels)
+    return versions
 
 
 def _load(path: Path):
@@ -50,19 +79,19 @@ class QMVAEMethod(DeidMethod):
     )
 
     def validate(self) -> None:
-        from ..training.qmvae import build_input_methods
-
         path = Path(self.config["checkpoint"]) if self.config["checkpoint"] else DEFAULT_CHECKPOINT
         self.model, payload = _load(path)
         self.checkpoint_path = path
         self.aligned_size = int(self.model.config.image_size)  # instance override of the class value
         self.inputs = list(self.model.config.inputs)
         self.input_methods = build_input_methods(self.inputs)
+        # an identity term in training pushed faces away from the surrogate recognizer
+        train_config = payload.get("train_config") or {}
+        self.trained_with = ("surrogate",) if float(train_config.get("identity_weight") or 0) > 0 \
+            else ()
 
     def _stack(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
         """``(S, S, 3N) uint8``: the N de-identified versions; the only thing the network sees."""
-        from ..training.qmvae import deidentified_versions
-
         if crop.pixels.shape[:2] != (self.aligned_size, self.aligned_size):
             raise ValueError(f"qmvae needs a {self.aligned_size}x{self.aligned_size} aligned crop, "
                              f"got {crop.pixels.shape[:2]}")

@@ -16,6 +16,10 @@ It is a *weak* recognizer next to dlib (trained on 4,800 photos); its accuracy i
 Input convention: aligned crops from :class:`facedeid.alignment.FaceAligner` (any square size,
 default ``face_fraction``), ``(N, 3, H, W)`` float RGB in [0, 1]; they are resized to 64x64
 inside :meth:`SurrogateRecognizer.forward` (differentiably, so gradients reach full-size pixels).
+
+As an attacker in the evaluator it is wrapped by
+:class:`facedeid.evaluation.surrogate_recognizer.SurrogateFaceRecognizer` (registered as
+``"surrogate"``); this module stays below the evaluation layer.
 """
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingWeightsError
-from ..evaluation.recognizers import FaceRecognizer
 
 INPUT_SIZE = 64
 EMBEDDING_DIM = 128
@@ -128,61 +131,3 @@ def load_surrogate_recognizer(path: str | Path | None = None) -> SurrogateRecogn
     model.meta = payload["meta"]
     _CACHE[key] = model
     return model
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(x1 - x0, 0) * max(y1 - y0, 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-class SurrogateFaceRecognizer(FaceRecognizer):
-    """The surrogate behind the evaluator's recognizer interface (registered as ``"surrogate"``).
-
-    Faces are aligned as in training: CenterFace landmarks located on the reference image (the
-    original, when given) for the detection that best overlaps the known box, falling back to
-    landmarks estimated from the box, then ``FaceAligner(128)``. Cosine distance; the
-    threshold is the one picked on train-split pairs when the checkpoint was trained.
-    """
-
-    name = "surrogate"
-    metric = "cosine"
-
-    def __init__(self, checkpoint: str | Path | None = None):
-        from ..alignment import FaceAligner
-        from ..detection import create_detector
-
-        self.model = load_surrogate_recognizer(checkpoint)
-        cosine_threshold = self.model.meta.get("metrics", {}).get("cosine_threshold", 0.3)
-        self.threshold = 1.0 - float(cosine_threshold)
-        self._detector = create_detector("centerface", score_threshold=0.3)
-        self._aligner = FaceAligner(128)
-
-    def _landmarks(self, reference: np.ndarray, box: np.ndarray) -> np.ndarray:
-        from ..alignment import estimate_landmarks_from_box
-
-        best, best_iou = None, 0.3
-        for face in self._detector.detect(reference):
-            overlap = _iou(face.box, box)
-            if overlap > best_iou and face.has_full_landmarks:
-                best, best_iou = face.landmarks, overlap
-        return best if best is not None else estimate_landmarks_from_box(box)
-
-    def aligned(self, images, boxes, reference_images=None) -> np.ndarray:
-        """``(N, 128, 128, 3)`` uint8 crops as the surrogate saw them in training."""
-        from ..detection import Face
-
-        references = images if reference_images is None else reference_images
-        if len(images) != len(boxes) or len(references) != len(images):
-            raise ValueError("images, boxes and reference images must have the same length")
-        crops = []
-        for image, reference, face in zip(images, references, boxes):
-            box = np.asarray(getattr(face, "box", face), dtype=np.float32).reshape(4)
-            points = self._landmarks(np.ascontiguousarray(reference), box)
-            crops.append(self._aligner.align(image, Face(box=box, landmarks=points)).pixels)
-        return np.stack(crops) if crops else np.zeros((0, 128, 128, 3), np.uint8)
-
-    def embed(self, images, boxes, reference_images=None) -> np.ndarray:
-        return self.model.embed(self.aligned(images, boxes, reference_images))

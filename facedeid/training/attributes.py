@@ -14,8 +14,9 @@ Data and the held-out set (identities never seen in training):
   ``test``-split images of the odd-numbered half (600 images, 100 people) are held out.
 * ``celeba-first10k`` (89x109 half-resolution) is used for training, minus every image whose
   identity appears anywhere in ``celeba-id200`` (so no held-out person leaks in).
-* A face box comes from CenterFace on each image (images where it finds none are skipped and
-  counted); crops are :func:`facedeid.models.attribute_net.attribute_crop` with a 4-pixel
+* A face box comes from :class:`facedeid.detection.locate.FaceLocator` (CenterFace, second
+  chance included) and :func:`~facedeid.detection.locate.main_face` on each image (images
+  where it finds none are skipped and counted); crops are :func:`facedeid.models.attribute_net.attribute_crop` with a 4-pixel
   margin so training can random-shift them. Crops are cached in ``--cache`` (an .npz).
 
 Command that produced ``facedeid/checkpoints/attributes_celeba.pt``::
@@ -38,6 +39,8 @@ from ..models.attribute_net import CROP_SIZE, DEFAULT_ATTRIBUTES, AttributeNet, 
 
 CHECKPOINT_FORMAT = "facedeid-attributes-v1"
 MARGIN = 4
+# Stored with cached crops: crops cut where another rule chose the face are not reused.
+LOCATE_RULE = "locator+main_face"
 
 
 def _celeba(data_root: Path, name: str):
@@ -65,32 +68,38 @@ def select_records(data_root: Path):
     return train, held_out, seen_test, summary
 
 
-def build_crops(records, attributes, detector, desc: str):
-    """``(N, 72, 72, 3) uint8`` margin crops, ``(N, K) bool`` labels; images without a face skipped."""
+def build_crops(records, attributes, locator, desc: str):
+    """``(N, 72, 72, 3) uint8`` margin crops, ``(N, K) bool`` labels; images without a face skipped.
+
+    ``locator``: a :class:`~facedeid.detection.locate.FaceLocator`, built once per run.
+    """
     from tqdm import tqdm
+
+    from ..detection.locate import main_face
 
     crops, labels, skipped = [], [], 0
     for record in tqdm(records, desc=desc, unit="img", mininterval=5):
         image = record.load()
-        faces = detector.detect(image)
-        if not faces:
+        face = main_face(locator.locate(image))
+        if face is None:
             skipped += 1
             continue
-        crops.append(attribute_crop(image, faces[0].box, CROP_SIZE, MARGIN))
+        crops.append(attribute_crop(image, face.box, CROP_SIZE, MARGIN))
         labels.append([record.labels["attributes"][name] for name in attributes])
     return np.stack(crops), np.asarray(labels, dtype=bool), skipped
 
 
-def cached_crops(cache: Path, records, attributes, detector, desc: str):
+def cached_crops(cache: Path, records, attributes, locator, desc: str):
     names = [r.path.name + "@" + r.path.parent.parent.name for r in records]
     if cache.is_file():
-        data = np.load(cache, allow_pickle=False)
-        if list(data["names"]) == names and list(data["attributes"]) == list(attributes):
-            return data["crops"], data["labels"], int(data["skipped"])
-    crops, labels, skipped = build_crops(records, attributes, detector, desc)
+        with np.load(cache, allow_pickle=False) as data:
+            if list(data["names"]) == names and list(data["attributes"]) == list(attributes) \
+                    and "locate_rule" in data and str(data["locate_rule"]) == LOCATE_RULE:
+                return data["crops"], data["labels"], int(data["skipped"])
+    crops, labels, skipped = build_crops(records, attributes, locator, desc)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, crops=crops, labels=labels, skipped=skipped, names=np.asarray(names),
-             attributes=np.asarray(list(attributes)))
+             attributes=np.asarray(list(attributes)), locate_rule=LOCATE_RULE)
     return crops, labels, skipped
 
 
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from ..detection import create_detector
+    from ..detection.locate import FaceLocator
     from ..io.datasets import default_data_root
 
     torch.set_num_threads(args.threads)
@@ -164,14 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     data_root = args.data_root or default_data_root()
     train_records, held_records, seen_records, summary = select_records(data_root)
     print(json.dumps(summary))
-    detector = create_detector("centerface", threads=args.threads)
+    # Attribute crops come from the box alone: landmarks are estimated, no dlib model loads.
+    locator = FaceLocator("centerface", {"threads": args.threads}, landmarks="box")
     tag = "_".join(args.attributes)
     train_x, train_y, train_skipped = cached_crops(args.cache / f"train_{tag}.npz", train_records,
-                                                   args.attributes, detector, "train crops")
+                                                   args.attributes, locator, "train crops")
     held_x, held_y, held_skipped = cached_crops(args.cache / f"heldout_{tag}.npz", held_records,
-                                                args.attributes, detector, "held-out crops")
+                                                args.attributes, locator, "held-out crops")
     seen_x, seen_y, _ = cached_crops(args.cache / f"seen_{tag}.npz", seen_records,
-                                     args.attributes, detector, "seen-people crops")
+                                     args.attributes, locator, "seen-people crops")
     print(f"train {len(train_x)} crops ({train_skipped} without a CenterFace face), held-out "
           f"{len(held_x)} ({held_skipped} without a face)")
 

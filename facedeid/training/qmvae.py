@@ -23,7 +23,8 @@ consistency score -- cross-entropy of the output's probabilities against the ori
 * ``mode="whitebox"``: the differentiable torch mini-Xception is back-propagated through.
 
 What the evaluator is shown is what it will see in use (``service_view="pasted"``): the fused
-face pasted back into its photo and cropped at the Haar window (:class:`ServiceViews`).
+face pasted back into its photo and cropped at the Haar window
+(:class:`~facedeid.training.qmvae_data.ServiceViews`).
 
 Optionally (``service_head_weight > 0``, beyond the paper) a service head on the quantized codes
 is trained to give the black box's answer on the original, so the discrete codes must carry the
@@ -32,9 +33,9 @@ decision the decoder has to render (:attr:`facedeid.models.qmvae.QMVAEConfig.ser
 The original face is only a target: it reaches the loss, never the network
 (:meth:`facedeid.models.qmvae.QMVAE.forward` takes the de-identified stack alone).
 
-Data: aligned crops of every readable image with a detectable face; each registered method named
-in ``inputs`` is applied to the aligned crop to build the stack (:func:`build_face_stacks`).
-Unreadable images and images without a face are skipped and counted. Stacks are cached as npz.
+Data: :mod:`facedeid.training.qmvae_data` (aligned faces, their de-identified stacks and the
+service's view of each, cached as npz). The black box and Eq. 8's scores:
+:mod:`facedeid.training.blackbox`.
 
 The shipped ``facedeid/checkpoints/qmvae_expression.pt`` was produced by (docs/checkpoints.md)::
 
@@ -45,443 +46,22 @@ The shipped ``facedeid/checkpoints/qmvae_expression.pt`` was produced by (docs/c
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import FaceDeidError, InvalidInputError, InvalidParameterError
+from ..errors import InvalidParameterError
+from .blackbox import (BlackBoxEvaluator, ExpressionWhiteBox, checked_probabilities,
+                       consistency_scores, create_black_box, decision_loss, decisions_differ,
+                       unit_to_uint8)
+from .qmvae_data import FaceStacks, render_views
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
-
-
-class BlackBoxEvaluatorError(FaceDeidError):
-    """The service evaluator raised, or returned something that is not a probability table."""
-
-
-# -- input specifications ----------------------------------------------------------------------
-def parse_input_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"mosaic:block_size=4"`` -> ``("mosaic", {"block_size": "4"})``."""
-    name, _, rest = spec.strip().partition(":")
-    params = {}
-    for pair in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InvalidParameterError(f"input {spec!r}: expected name:key=value,key=value")
-        params[key.strip()] = value.strip()
-    if not name:
-        raise InvalidParameterError(f"empty input method in {spec!r}")
-    return name, params
-
-
-def build_input_methods(inputs: Sequence[str]) -> list:
-    """Registered methods for each input spec (validated now, so typos fail before training)."""
-    from ..methods import create_method
-
-    if len(inputs) < 1:
-        raise InvalidParameterError("QM-VAE needs at least one de-identified input")
-    return [create_method(name, **params) for name, params in map(parse_input_spec, inputs)]
-
-
-def deidentified_versions(crop, methods: list, rng_key: Sequence[int]) -> list[np.ndarray]:
-    """Apply every input method to one aligned :class:`FaceCrop`; seeded per face and method."""
-    from ..methods import FaceContext
-
-    versions = []
-    for position, method in enumerate(methods):
-        context = FaceContext(rng=np.random.default_rng([*rng_key, position]))
-        pixels = np.asarray(method.apply(crop, context), dtype=np.uint8)
-        if pixels.shape != crop.pixels.shape:
-            raise InvalidInputError(f"input method {method.name!r} returned shape {pixels.shape}, "
-                                    f"expected {crop.pixels.shape}")
-        versions.append(pixels)
-    return versions
-
-
-# -- data --------------------------------------------------------------------------------------
-@dataclass
-class FaceStacks:
-    """Aligned training/test faces and their de-identified versions.
-
-    Attributes:
-        names: file name of each face.
-        originals: ``(N, S, S, 3) uint8`` aligned originals (targets only).
-        versions: ``(N, M, S, S, 3) uint8``, M = number of input methods, in ``inputs`` order.
-        to_image: ``(N, 2, 3) float32`` crop-to-image affine (to paste results back).
-        skipped: ``{reason: count}`` of images left out.
-        views: what the service sees of each face once the fused crop is pasted back
-            (:class:`ServiceViews`); None for stacks built without it.
-    """
-
-    names: list[str]
-    originals: np.ndarray
-    versions: np.ndarray
-    to_image: np.ndarray
-    skipped: dict[str, int] = field(default_factory=dict)
-    views: "ServiceViews | None" = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def stacks(self, indices: np.ndarray | slice | None = None) -> np.ndarray:
-        """``(n, S, S, 3M) uint8`` model inputs for ``indices``."""
-        versions = self.versions if indices is None else self.versions[indices]
-        return np.concatenate(list(np.moveaxis(versions, 1, 0)), axis=-1)
-
-    def subset(self, indices: np.ndarray) -> "FaceStacks":
-        return FaceStacks([self.names[i] for i in indices], self.originals[indices],
-                          self.versions[indices], self.to_image[indices], dict(self.skipped),
-                          None if self.views is None else self.views.subset(indices))
-
-
-@dataclass
-class ServiceViews:
-    """The service's window on each face *after paste-back*, as a differentiable resampling.
-
-    The paper's evaluator (§3.2, Fig. 1) runs on the whole published image: Haar finds the face,
-    the window is resized to 64x64 and classified. Training the service term on the bare aligned
-    crop optimises a different picture (other framing, no hair or background, no paste-back
-    seam) than the one the service will judge. So each training face stores, for every pixel
-    of its service window, where that pixel falls in the aligned crop (``grid``), how much of
-    the fused face the paste-back mask lets through there (``weight``) and the untouched
-    original around it (``background``);
-    :func:`render_views` then produces exactly the window the evaluator will see, with gradients
-    to the fused face.
-
-    Attributes:
-        grid: ``(N, V, V, 2) float32`` crop pixel coordinates (x, y) of each window pixel.
-        weight: ``(N, V, V) float32`` paste-back mask at those points, in [0, 1].
-        background: ``(N, V, V, 3) uint8`` the original image resampled on the window.
-        found: ``(N,)`` bool, the Haar cascade found the face on the original (else the window
-            is the square around the detector's box).
-    """
-
-    grid: np.ndarray
-    weight: np.ndarray
-    background: np.ndarray
-    found: np.ndarray
-
-    def subset(self, indices: np.ndarray) -> "ServiceViews":
-        return ServiceViews(self.grid[indices], self.weight[indices], self.background[indices],
-                            self.found[indices])
-
-
-def service_view(image: np.ndarray, crop, face_box: np.ndarray, haar, size: int = 64):
-    """One face's :class:`ServiceViews` row: ``(grid, weight, background, found)``.
-
-    The window is chosen as :class:`~facedeid.evaluation.services.expression.ExpressionService`
-    does (largest Haar face overlapping the known box, else the square around the box) and
-    sampled at pixel centres, as ``cv2.resize`` does.
-    """
-    import cv2
-
-    from ..evaluation.services.expression import choose_haar_face, square_around
-
-    haar_boxes = np.array([found.box for found in haar.detect(image)])
-    window = choose_haar_face(haar_boxes, face_box, 0.2)
-    found = window is not None
-    if window is None:
-        window = square_around(face_box)
-    x0, y0, x1, y1 = [float(v) for v in window]
-    steps = (np.arange(size, dtype=np.float32) + 0.5) / size
-    xs = x0 + steps * (x1 - x0) - 0.5
-    ys = y0 + steps * (y1 - y0) - 0.5
-    image_x, image_y = np.meshgrid(xs, ys)
-    background = cv2.remap(image, image_x, image_y, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-    to_crop = cv2.invertAffineTransform(crop.to_image)
-    crop_x = to_crop[0, 0] * image_x + to_crop[0, 1] * image_y + to_crop[0, 2]
-    crop_y = to_crop[1, 0] * image_x + to_crop[1, 1] * image_y + to_crop[1, 2]
-    weight = cv2.remap(crop.mask.astype(np.float32), crop_x, crop_y, cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    return (np.stack([crop_x, crop_y], axis=-1).astype(np.float32), weight.astype(np.float32),
-            background, found)
-
-
-def render_views(faces, views: ServiceViews, indices=None):
-    """Fused faces ``(B, 3, S, S)`` in [0, 1] -> the service windows ``(B, 3, V, V)``.
-
-    Differentiable in ``faces`` (bilinear ``grid_sample``): the paste-back blend
-    ``weight * fused + (1 - weight) * original`` on the window the evaluator crops.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    rows = slice(None) if indices is None else indices
-    size = faces.shape[-1]
-    grid = torch.from_numpy(np.ascontiguousarray(views.grid[rows]))
-    grid = (grid + 0.5) / size * 2.0 - 1.0  # pixel coordinates -> [-1, 1], align_corners=False
-    sampled = F.grid_sample(faces, grid, mode="bilinear", padding_mode="border",
-                            align_corners=False)
-    weight = torch.from_numpy(np.ascontiguousarray(views.weight[rows]))[:, None]
-    background = torch.from_numpy(np.ascontiguousarray(views.background[rows])).permute(0, 3, 1, 2)
-    return weight * sampled + (1.0 - weight) * background.float() / 255.0
-
-
-def list_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """Image files of ``folder`` sorted by name (CelebA order), the first ``limit`` of them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidInputError(f"training data folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InvalidInputError(f"no image files in {folder}")
-    return files[:limit] if limit else files
-
-
-def _cache_key(paths: Sequence[Path], inputs: Sequence[str], size: int, detector: str) -> str:
-    digest = hashlib.sha256()
-    for item in [*(str(p.resolve()) for p in paths), *inputs, str(size), detector, "v2"]:
-        digest.update(item.encode())
-    return digest.hexdigest()[:16]
-
-
-def build_face_stacks(paths: Sequence[Path], inputs: Sequence[str], size: int = 64,
-                      detector: str = "centerface", cache_dir: str | os.PathLike | None = None,
-                      progress: bool = True) -> FaceStacks:
-    """Detect, align and de-identify every image (cached as npz under ``cache_dir``).
-
-    The largest detected face of each image is used. Unreadable files and images without a
-    detected face are skipped and counted in ``skipped``.
-    """
-    from tqdm import tqdm
-
-    paths = [Path(p) for p in paths]
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"qmvae_stacks_{_cache_key(paths, inputs, size, detector)}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as data:
-                views = ServiceViews(data["view_grid"], data["view_weight"],
-                                     data["view_background"], data["view_found"])
-                return FaceStacks(list(data["names"]), data["originals"], data["versions"],
-                                  data["to_image"], json.loads(str(data["skipped"])), views)
-    from ..alignment import FaceAligner
-    from ..detection.haar import HaarDetector
-    from ..io.images import read_image
-    from ..pipeline import Anonymizer
-
-    methods = build_input_methods(inputs)
-    finder = Anonymizer("blindfold", detector=detector, landmarks="dlib5")  # used for detect() only
-    aligner = FaceAligner(size=size)
-    haar = HaarDetector()
-    names, originals, versions, matrices, view_rows = [], [], [], [], []
-    skipped: dict[str, int] = {}
-    for index, path in enumerate(tqdm(paths, desc="aligning + de-identifying", unit="img",
-                                      disable=not progress, dynamic_ncols=True)):
-        try:
-            rgb = read_image(path).rgb
-        except Exception as error:  # noqa: BLE001 - any decoding failure means "unreadable"
-            log.warning("skipping unreadable %s: %s", path, error)
-            skipped["unreadable"] = skipped.get("unreadable", 0) + 1
-            continue
-        faces = finder.detect(rgb)
-        if not faces:
-            skipped["no_face"] = skipped.get("no_face", 0) + 1
-            continue
-        face = max(faces, key=lambda f: f.width * f.height)
-        crop = aligner.align(rgb, face)
-        names.append(path.name)
-        originals.append(crop.pixels)
-        versions.append(np.stack(deidentified_versions(crop, methods, (index,))))
-        matrices.append(crop.to_image)
-        view_rows.append(service_view(rgb, crop, face.box, haar))
-    if not names:
-        raise InvalidInputError(f"none of the {len(paths)} images had a readable, detectable face "
-                                f"(skipped: {skipped})")
-    grids, weights, backgrounds, found = (np.stack(column) for column in zip(*view_rows))
-    stacks = FaceStacks(names, np.stack(originals), np.stack(versions),
-                        np.stack(matrices).astype(np.float32), skipped,
-                        ServiceViews(grids, weights, backgrounds, found))
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(suffix=".npz", dir=cache_file.parent)
-        os.close(handle)
-        np.savez(temporary, names=np.array(names), originals=stacks.originals,
-                 versions=stacks.versions, to_image=stacks.to_image, skipped=json.dumps(skipped),
-                 view_grid=grids, view_weight=weights, view_background=backgrounds,
-                 view_found=found)
-        os.replace(temporary, cache_file)
-    return stacks
-
-
-# -- evaluators --------------------------------------------------------------------------------
-class BlackBoxEvaluator(Protocol):
-    """A service queried only through its outputs.
-
-    ``probabilities(faces)``: ``(B, S, S, 3) float32`` RGB in [0, 1] -> ``(B, K)`` probabilities
-    (rows summing to 1 for ``kind == "multiclass"``; independent per column for ``"multilabel"``).
-    """
-
-    name: str
-    kind: str
-
-    def probabilities(self, faces: np.ndarray) -> np.ndarray: ...
-
-
-def checked_probabilities(evaluator: BlackBoxEvaluator, faces: np.ndarray) -> np.ndarray:
-    """Query ``evaluator`` and validate its answer; raise :class:`BlackBoxEvaluatorError` if bad."""
-    try:
-        answer = evaluator.probabilities(faces)
-    except FaceDeidError:
-        raise
-    except Exception as error:  # noqa: BLE001 - the evaluator is foreign code
-        raise BlackBoxEvaluatorError(
-            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} raised "
-            f"{type(error).__name__}: {error}") from error
-    try:
-        answer = np.asarray(answer, dtype=np.float64)
-    except (TypeError, ValueError):
-        answer = None
-    if answer is None or answer.ndim != 2 or answer.shape[0] != len(faces) or answer.shape[1] < 1:
-        shape = None if answer is None else answer.shape
-        raise BlackBoxEvaluatorError(
-            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} must return a "
-            f"({len(faces)}, K) probability array, returned shape {shape}")
-    if not np.isfinite(answer).all() or (answer < -1e-6).any() or (answer > 1 + 1e-6).any():
-        raise BlackBoxEvaluatorError(
-            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} returned values outside "
-            "[0, 1] or NaN; it must return probabilities")
-    if getattr(evaluator, "kind", "multiclass") == "multiclass" and \
-            not np.allclose(answer.sum(axis=1), 1.0, atol=1e-3):
-        raise BlackBoxEvaluatorError(
-            f"service evaluator {getattr(evaluator, 'name', evaluator)!r} returned rows that do "
-            "not sum to 1; a multiclass evaluator must return a probability distribution")
-    return np.clip(answer, 1e-7, 1.0)
-
-
-class ExpressionBlackBox:
-    """The paper's expression service (mini-Xception, §3.2) queried through outputs only.
-
-    Runs without autograd on numpy arrays, so the trainer cannot reach its gradients.
-    """
-
-    name = "expression"
-    kind = "multiclass"
-
-    def __init__(self) -> None:
-        from ..models.mini_xception import EXPRESSIONS, load_mini_xception
-        self.network = load_mini_xception().eval()
-        self.classes = EXPRESSIONS
-
-    def probabilities(self, faces: np.ndarray) -> np.ndarray:
-        import torch
-        tensor = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.float32)).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            return torch.softmax(self.network(_classifier_input(tensor)), dim=1).numpy()
-
-
-def _classifier_input(faces):
-    """``(B, 3, S, S)`` RGB in [0, 1] -> ``(B, 1, 64, 64)`` gray in [-1, 1] (mini-Xception input)."""
-    import torch.nn.functional as F
-    gray = 0.299 * faces[:, 0:1] + 0.587 * faces[:, 1:2] + 0.114 * faces[:, 2:3]
-    if gray.shape[-1] != 64 or gray.shape[-2] != 64:
-        gray = F.interpolate(gray, size=(64, 64), mode="bilinear", align_corners=False,
-                             antialias=True)
-    return (gray - 0.5) * 2.0
-
-
-class ExpressionWhiteBox:
-    """The same service, differentiable: ``logits(faces (B, 3, S, S) tensor) -> (B, 7)``."""
-
-    name = "expression"
-    kind = "multiclass"
-
-    def __init__(self) -> None:
-        from ..models.mini_xception import load_mini_xception
-        self.network = load_mini_xception().eval()
-        for parameter in self.network.parameters():
-            parameter.requires_grad_(False)
-
-    def logits(self, faces):
-        return self.network(_classifier_input(faces))
-
-    def probabilities(self, faces: np.ndarray) -> np.ndarray:
-        import torch
-        tensor = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.float32)).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            return torch.softmax(self.logits(tensor), dim=1).numpy()
-
-
-class ServiceBlackBox:
-    """Adapter for a :mod:`facedeid.evaluation.services` service (``.predict(images, boxes)``).
-
-    The whole aligned crop is passed as the face box, so no detector runs inside the loop.
-    """
-
-    def __init__(self, service_name: str) -> None:
-        from ..evaluation.services import create_service
-        self.service = create_service(service_name, crop="box")
-        self.name = service_name
-        self.kind = "multilabel" if service_name == "attributes" else "multiclass"
-
-    def probabilities(self, faces: np.ndarray) -> np.ndarray:
-        images = list(_unit_to_uint8(faces))
-        boxes = [np.array([0, 0, face.shape[1], face.shape[0]], np.float32) for face in images]
-        return np.asarray(self.service.predict(images, boxes).probabilities)
-
-
-def create_black_box(name: str) -> BlackBoxEvaluator:
-    """``"expression"`` (built in) or any service name of :mod:`facedeid.evaluation.services`."""
-    if name == "expression":
-        return ExpressionBlackBox()
-    try:
-        return ServiceBlackBox(name)
-    except ImportError as error:
-        raise InvalidParameterError(f"evaluator {name!r} needs facedeid.evaluation.services "
-                                    f"({error})") from None
-
-
-# -- soft consistency scores (the relaxed Eq. 8) -----------------------------------------------
-def consistency_scores(reference: np.ndarray, probabilities: np.ndarray, kind: str,
-                       score: str = "ce") -> np.ndarray:
-    """Per-face disagreement between the original's and the output's service answers.
-
-    Args:
-        reference: ``(B, K)`` service probabilities on the originals.
-        probabilities: ``(B, K)`` service probabilities on the outputs.
-        kind: ``"multiclass"`` or ``"multilabel"``.
-        score: ``"ce"`` (cross-entropy to the original's decision) or ``"kl"`` (soft).
-
-    Returns:
-        ``(B,)`` float64; 0 means perfect agreement.
-    """
-    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    if kind == "multilabel":
-        target = (reference >= 0.5).astype(np.float64) if score == "ce" else reference
-        return -(target * np.log(p) + (1 - target) * np.log(1 - p)).mean(axis=1)
-    if score == "ce":
-        return -np.log(p[np.arange(len(p)), reference.argmax(axis=1)])
-    q = np.clip(reference, 1e-7, 1.0)
-    return (q * (np.log(q) - np.log(p))).sum(axis=1)
-
-
-def decision_loss(logits, reference: np.ndarray, kind: str):
-    """Differentiable relaxed Eq. 8 for ``(B, K)`` logits: cross-entropy to the original's
-    decision (multiclass), or binary cross-entropy to its thresholded answers (multilabel)."""
-    import torch
-    import torch.nn.functional as F
-
-    if kind == "multilabel":
-        return F.binary_cross_entropy_with_logits(
-            logits, torch.from_numpy((reference >= 0.5).astype(np.float32)))
-    return F.cross_entropy(logits, torch.from_numpy(reference.argmax(axis=1)))
-
-
-def decisions_differ(reference: np.ndarray, probabilities: np.ndarray, kind: str) -> np.ndarray:
-    """Eq. 8 per face: 1 where the service's decision changed (any attribute, for multilabel)."""
-    if kind == "multilabel":
-        return ((reference >= 0.5) != (probabilities >= 0.5)).any(axis=1).astype(np.float64)
-    return (reference.argmax(axis=1) != probabilities.argmax(axis=1)).astype(np.float64)
 
 
 # -- zeroth-order gradient ---------------------------------------------------------------------
@@ -541,7 +121,7 @@ class TrainConfig:
     at alpha 0.4 drove the output away from a face (Haar found 3% of the test outputs at epoch
     10, loss rate 0.84). ``service_view`` is what the service term looks at: ``"pasted"`` -- the
     window the evaluator crops from the image with the fused face pasted back
-    (:class:`ServiceViews`) -- or ``"crop"``, the bare aligned crop.
+    (:class:`~facedeid.training.qmvae_data.ServiceViews`) -- or ``"crop"``, the bare aligned crop.
     """
 
     # 0.9: the best of the measured sweep at 40 epochs with the SSE term (docs/benchmarks.md);
@@ -610,11 +190,6 @@ _RESUME_KEYS = ("alpha", "mode", "evaluator", "score", "learning_rate", "batch_s
                 "reconstruction", "service_view", "sigma", "pairs", "grid", "shared_channels",
                 "service_faces", "service_norm_cap", "surrogate_warmup_steps",
                 "identity_weight", "identity_margin", "service_head_weight", "seed")
-
-
-def _unit_to_uint8(images: np.ndarray) -> np.ndarray:
-    """``[0, 1]`` float images -> rounded ``uint8`` (what a service or the student is given)."""
-    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
 
 
 def _to_tensor(images: np.ndarray):
@@ -699,7 +274,7 @@ class _ServiceTerm:
 
         self.surrogate = OnlineSurrogate(reference.shape[1], self.evaluator.kind,
                                          seed=self.config.seed)
-        self.surrogate.remember(_unit_to_uint8(original_service_inputs(train, self.config)),
+        self.surrogate.remember(unit_to_uint8(original_service_inputs(train, self.config)),
                                 reference)
         for position in range(train.versions.shape[1]):
             version = _to_tensor(train.versions[:, position])
@@ -707,7 +282,7 @@ class _ServiceTerm:
                 pool = _to_images(service_inputs(train, version, self.config))
             for first in range(0, len(pool), 256):
                 chunk = pool[first:first + 256]
-                self.surrogate.remember(_unit_to_uint8(chunk),
+                self.surrogate.remember(unit_to_uint8(chunk),
                                         checked_probabilities(self.evaluator, chunk))
         setup: dict[str, float] = {"surrogate_warmup_queries": self.surrogate.queries}
         if stored is not None:
@@ -746,7 +321,7 @@ class _ServiceTerm:
         if config.mode == "surrogate":
             images = _to_images(shown)
             answers = checked_probabilities(self.evaluator, images)  # one query per fused face
-            self.surrogate.remember(_unit_to_uint8(images), answers)
+            self.surrogate.remember(unit_to_uint8(images), answers)
             self.surrogate.step(shown, answers)
             self.last_soft = consistency_scores(reference, answers, kind, config.score)
             return self.surrogate.service_loss(shown, reference), answers

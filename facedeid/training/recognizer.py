@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "celeba-id200"
-DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "facedeid_celeba_id200_aligned128.npz"
+# "main": faces chosen by FaceLocator + main_face; caches written with the detector's first
+# face under the old name are not reused.
+DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "facedeid_celeba_id200_main_aligned128.npz"
 
 
 @dataclass
@@ -59,34 +61,23 @@ class AlignedFaces:
         return AlignedFaces(**{k: getattr(self, k)[mask] for k in self.__dataclass_fields__})
 
 
-def read_celeba_id200_index(root: Path) -> list[tuple[str, int, bool]]:
-    """``[(file name, identity, is_train)]`` from the official identity file and the split file."""
-    identity = {}
-    for line in (root / "identity_CelebA.txt").read_text().split("\n"):
-        parts = line.split()
-        if len(parts) == 2:
-            identity[parts[0]] = int(parts[1])
-    rows = []
-    for line in (root / "identity_split.txt").read_text().split("\n"):
-        parts = line.split()
-        if len(parts) == 2:
-            rows.append((parts[0], identity[parts[0]], parts[1] == "train"))
-    return rows
-
-
 def load_aligned_celeba_id200(root: str | Path = DEFAULT_ROOT, size: int = 128,
                               cache: str | Path | None = DEFAULT_CACHE,
                               limit: int | None = None) -> AlignedFaces:
-    """Detect (CenterFace), align (FaceAligner(size)) and cache every celeba-id200 face.
+    """Locate (CenterFace, :class:`~facedeid.detection.locate.FaceLocator`), align
+    (FaceAligner(size)) and cache every celeba-id200 face.
 
-    Where CenterFace finds no face (rare on these pre-aligned photos), the mean landmarks of
-    the detected faces are used: all CelebA "align" photos put the eyes at the same place.
+    The face of a photo is :func:`~facedeid.detection.locate.main_face`. Where even the
+    locator's second chance finds no face, the mean landmarks of the found faces are used: all
+    CelebA "align" photos put the eyes at the same place.
     """
     from tqdm import tqdm
 
     from ..alignment import FaceAligner
-    from ..detection import Face, create_detector
+    from ..detection import Face
+    from ..detection.locate import FaceLocator, main_face
     from ..errors import InvalidInputError
+    from ..io.datasets import read_celeba_id200_index
     from ..io.images import read_image
 
     root = Path(root)
@@ -99,20 +90,20 @@ def load_aligned_celeba_id200(root: str | Path = DEFAULT_ROOT, size: int = 128,
             with np.load(cache, allow_pickle=False) as data:
                 return AlignedFaces(**{k: data[k] for k in AlignedFaces.__dataclass_fields__})
     rows = read_celeba_id200_index(root)[:limit]
-    detector = create_detector("centerface")
+    locator = FaceLocator("centerface")
     aligner = FaceAligner(size)
     images, boxes, landmarks, detected = [], [], [], []
     for name, _, _ in tqdm(rows, desc="detecting celeba-id200", unit="img"):
         image = read_image(root / "img_align_celeba" / name).rgb
-        faces = detector.detect(image)
+        face = main_face(locator.locate(image))
         images.append(image)
-        if faces:
-            boxes.append(faces[0].box)
-            landmarks.append(faces[0].landmarks)
+        if face is not None:
+            boxes.append(face.box)
+            landmarks.append(face.landmarks)
         else:
             boxes.append(np.full(4, np.nan, np.float32))
             landmarks.append(np.full((5, 2), np.nan, np.float32))
-        detected.append(bool(faces))
+        detected.append(face is not None)
     boxes, landmarks, detected = np.array(boxes), np.array(landmarks), np.array(detected)
     if detected.any():
         boxes[~detected] = np.nanmean(boxes[detected], axis=0)

@@ -87,7 +87,7 @@ class OnlineSurrogate:
 
     def service_loss(self, images: torch.Tensor, reference: np.ndarray) -> torch.Tensor:
         """Differentiable relaxed Eq. 8: the student's disagreement with the original's decision."""
-        from .qmvae import decision_loss
+        from .blackbox import decision_loss
 
         self.network.eval()
         return decision_loss(self.network(images), reference, self.kind)

@@ -90,6 +90,11 @@ class VideoInfo:
     codec: str
     audio_codecs: list[str] = field(default_factory=list)
     live: bool = False
+    #: colour description of the video stream (primaries, transfer, matrix, range), copied to
+    #: the output so players show the same colours.
+    colour: dict[str, int] = field(default_factory=dict)
+    #: the video stream's metadata tags worth keeping (language, title).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class VideoSource:
@@ -130,7 +135,8 @@ class VideoSource:
                               time_base=self.video.time_base or Fraction(1, 90000),
                               frames=frames or None, duration=duration, codec=ctx.name,
                               audio_codecs=[s.codec_context.name for s in self.audio],
-                              live=self.live)
+                              live=self.live, colour=_colour_of(ctx),
+                              tags=_kept_tags(self.video.metadata))
 
     def __enter__(self) -> "VideoSource":
         return self
@@ -170,6 +176,26 @@ class VideoSource:
                 self._first_rotation = int(round(frame.rotation)) % 360
                 self.info.rotation = self._first_rotation
             yield frame
+
+
+#: Codec-context attributes that describe how the stored values map to colours.
+COLOUR_FIELDS = ("color_primaries", "color_trc", "colorspace", "color_range")
+KEPT_TAGS = ("language", "title")
+
+
+def _colour_of(ctx) -> dict[str, int]:
+    """The stream's colour description, leaving out what it leaves unspecified (2 / 0)."""
+    colour = {}
+    for name in COLOUR_FIELDS:
+        value = getattr(ctx, name, None)
+        unspecified = 0 if name == "color_range" else 2
+        if value is not None and int(value) != unspecified:
+            colour[name] = int(value)
+    return colour
+
+
+def _kept_tags(metadata) -> dict[str, str]:
+    return {key: value for key, value in dict(metadata or {}).items() if key in KEPT_TAGS}
 
 
 def _even(value: int) -> bool:
@@ -212,7 +238,9 @@ class VideoSink:
             self._setup_video(codec, crf, preset, threads)
             self.audio_map = {}
             for stream in audio_streams:
-                self.audio_map[stream.index] = self.container.add_stream_from_template(stream)
+                copied = self.container.add_stream_from_template(stream)
+                copied.metadata.update(_kept_tags(stream.metadata))
+                self.audio_map[stream.index] = copied
             try:
                 self.container.start_encoding()  # fail now, not midway, on a bad combination
             except av.error.FFmpegError as error:
@@ -260,6 +288,13 @@ class VideoSink:
             stream.codec_context.thread_count = threads
         if info.rotation:
             stream.set_display_rotation(info.rotation)
+        if not self.gif and stream.pix_fmt.startswith("yuv"):
+            for name, value in info.colour.items():
+                try:
+                    setattr(stream.codec_context, name, value)
+                except (AttributeError, ValueError, TypeError):
+                    log.debug("cannot copy %s=%s to the output", name, value)
+        stream.metadata.update(info.tags)
         self.video = stream
         self._palette = _GifPalette(info, stream) if self.gif else None
 

@@ -114,8 +114,18 @@ class FaceTracker:
         self.track_count = 0
 
     # -- public ----------------------------------------------------------------------------
-    def step(self, frame: int, detections: list[Face]) -> dict[int, list[Face]]:
-        """Faces for every frame in ``(previous detection frame, frame]``."""
+    def step(self, frame: int, detections: list[Face],
+             backfill_since: int | None = None) -> dict[int, list[Face]]:
+        """Faces for every frame in ``(previous detection frame, frame]``.
+
+        Args:
+            backfill_since: a track born at this step is also drawn (grown) on the frames
+                ``backfill_since .. previous detection frame``, which the caller still holds:
+                a face first found by a sparse full-resolution search was probably there,
+                too small for the cheaper searches, since the previous full-resolution one.
+                Those frames appear in the result as extra keys; merge them into what earlier
+                steps returned.
+        """
         if frame <= self.last_frame:
             raise ValueError(f"detection frames must increase ({frame} after {self.last_frame})")
         previous = self.last_frame
@@ -140,6 +150,13 @@ class FaceTracker:
             for index in range(previous + 1, min(frame, old.last_seen + self.max_gap + 1)):
                 box, landmarks = self._coast(old, index)
                 self._emit(out[index], old, box, landmarks, "coasting")
+        if backfill_since is not None:
+            for track in self.tracks:
+                if track.track_id not in born:
+                    continue
+                for index in range(max(backfill_since, 0), previous + 1):
+                    box, landmarks, _ = self._between(track, None, index, frame, False)
+                    self._emit(out.setdefault(index, []), track, box, landmarks, "backfilled")
         self.last_frame = frame
         return out
 
@@ -153,6 +170,17 @@ class FaceTracker:
                     box, landmarks = self._coast(track, index)
                     self._emit(out[index], track, box, landmarks, "coasting")
         return out
+
+    def regions(self, frame: int) -> list[np.ndarray]:
+        """Where the live tracks are expected on ``frame``: predicted boxes, grown as coasting
+        would draw them (what a caller may treat as already covered)."""
+        return [self._coast(track, frame)[0] for track in self.tracks
+                if frame - track.last_seen <= self.max_gap]
+
+    def frames_unseen(self, frame: int) -> int:
+        """Frames since the detector last saw the least recently seen live track (0: none)."""
+        return max((frame - track.last_seen for track in self.tracks
+                    if frame - track.last_seen <= self.max_gap), default=0)
 
     # -- internals -------------------------------------------------------------------------
     def _update(self, frame: int, detections: list[Face]) -> tuple[set[int], set[int]]:
@@ -213,7 +241,9 @@ class FaceTracker:
             box = (1 - t) * old.box + t * track.box
             moved = np.abs(_centre(track.box) - _centre(old.box)).max()
             unseen = min(index - old.last_seen, frame - index)
-            margin = 0.25 * moved + 0.02 * float(_size(box).max())
+            # Half the motion on each side: the box covers both ends' positions whatever the
+            # path between them (a face swinging back and forth is not where the line says).
+            margin = 0.5 * moved + 0.02 * float(_size(box).max())
             grown = _grow(box, self._growth(unseen) ** 0.5, margin)
             landmarks = None
             if old.landmarks_rel is not None and track.landmarks_rel is not None:

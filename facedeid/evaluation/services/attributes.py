@@ -8,8 +8,10 @@ between the two (the original's prediction is the reference: the anonymization s
 change what the classifier sees, whether or not the classifier is right about the original).
 
 Crops: :func:`facedeid.models.attribute_net.attribute_crop` from the *known* box, identical
-for the original and the anonymized image. Without a box, CenterFace locates the face; if it
-finds none, the whole image is used and ``found`` is False.
+for the original and the anonymized image. Without a box, the project's
+:class:`~facedeid.detection.locate.FaceLocator` (CenterFace) finds the image's
+:func:`~facedeid.detection.locate.main_face`; if it finds none, the whole image is used and
+``found`` is False.
 """
 from __future__ import annotations
 
@@ -74,14 +76,15 @@ class AttributeService(ServiceEvaluator):
         self.model = load_attribute_model(checkpoint)
         self.label_names = list(self.model.attributes)
         self.batch_size = int(batch_size)
-        self._detector = None
+        self._locator = None  # built on the first image without a known box
 
     def _locate(self, image: np.ndarray) -> np.ndarray | None:
-        if self._detector is None:
-            from ...detection import create_detector
-            self._detector = create_detector("centerface")
-        faces = self._detector.detect(image)
-        return faces[0].box if faces else None
+        from ...detection.locate import FaceLocator, main_face
+
+        if self._locator is None:  # the attribute crop needs the box only: no landmark model
+            self._locator = FaceLocator("centerface", landmarks="box")
+        face = main_face(self._locator.locate(image))
+        return None if face is None else face.box
 
     def predict(self, images: list[np.ndarray], boxes: list | None = None) -> ServiceOutput:
         import torch
