@@ -70,10 +70,28 @@ def verify(original: Path, output: Path, *extra: str) -> dict:
     result = {"exit": done.returncode, "seconds": round(time.perf_counter() - started, 1)}
     if report_path.exists():
         report = json.loads(report_path.read_text())
-        result["leaks"] = report.get("summary", {}).get("leaks", report.get("leaks"))
+        result["faces_checked"] = sum(report["faces"].values())
+        result["leaks"] = report["faces"]["leaked-unchanged"] + report["faces"]["leaked-identity"]
+        result["leaks_by_verdict"] = {k: v for k, v in report["faces"].items() if k != "ok"}
+        result["files_leaked"] = report["files_leaked"]
     elif done.returncode not in (0, 1):
         result["error"] = done.stderr.strip()[-400:]
     return result
+
+
+def anonymize_case(name: str, source: Path, target: Path, faces_true: int, *options: str
+                   ) -> dict:
+    """Run ``facedeid anonymize`` on one case input; the row every case starts from."""
+    before = digest(source)
+    started = time.perf_counter()
+    done = run("anonymize", str(source), "-o", str(target), "-q", *options)
+    row = {"case": name, "exit": done.returncode,
+           "seconds": round(time.perf_counter() - started, 1), "faces_true": faces_true,
+           "input_changed": digest(source) != before}
+    if not target.exists():
+        row["faces_left"] = faces_true
+        row["error"] = done.stderr.strip()[-400:]
+    return row
 
 
 def image_case(name: str, work: Path, image: np.ndarray, truth: list, *options: str) -> dict:
@@ -81,20 +99,12 @@ def image_case(name: str, work: Path, image: np.ndarray, truth: list, *options: 
 
     source = work / f"{name}.png"
     Image.fromarray(image).save(source)
-    before = digest(source)
     target = work / "out" / f"{name}.png"
-    started = time.perf_counter()
-    done = run("anonymize", str(source), "-o", str(target), "-q", *options)
-    seconds = time.perf_counter() - started
-    row = {"case": name, "exit": done.returncode, "seconds": round(seconds, 1),
-           "faces_true": len(truth), "input_changed": digest(source) != before}
+    row = anonymize_case(name, source, target, len(truth), *options)
     if target.exists():
         output = np.asarray(Image.open(target).convert("RGB"))
         row["faces_left"] = len(leak_cases.uncovered_faces([image], [output], {0: truth}))
         row["verify"] = verify(source, target)
-    else:
-        row["faces_left"] = len(truth)
-        row["error"] = done.stderr.strip()[-400:]
     row["partial_files"] = hidden_leftovers(target.parent)
     return row
 
@@ -102,23 +112,14 @@ def image_case(name: str, work: Path, image: np.ndarray, truth: list, *options: 
 def video_case(name: str, work: Path, frames: list, truth: dict, *options: str) -> dict:
     source = leak_cases.write_clip(work / f"{name}.mp4", frames)
     originals = leak_cases.read_clip(source)  # what the decoder gives, compared frame by frame
-    before = digest(source)
     target = work / "out" / f"{name}.mp4"
-    started = time.perf_counter()
-    done = run("anonymize", str(source), "-o", str(target), "-q", *options)
-    seconds = time.perf_counter() - started
-    row = {"case": name, "exit": done.returncode, "seconds": round(seconds, 1),
-           "faces_true": sum(len(b) for b in truth.values()), "frames": len(frames),
-           "input_changed": digest(source) != before}
+    row = anonymize_case(name, source, target, sum(len(b) for b in truth.values()), *options)
+    row["frames"] = len(frames)
     if target.exists():
-        outputs = leak_cases.read_clip(target)
-        left = leak_cases.uncovered_faces(originals, outputs, truth)
+        left = leak_cases.uncovered_faces(originals, leak_cases.read_clip(target), truth)
         row["faces_left"] = len(left)
         row["left_at"] = left[:10]
         row["verify"] = verify(source, target)
-    else:
-        row["faces_left"] = row["faces_true"]
-        row["error"] = done.stderr.strip()[-400:]
     row["partial_files"] = hidden_leftovers(target.parent)
     return row
 
@@ -200,16 +201,26 @@ def main() -> int:
     if args.json:
         args.json.write_text(text)
     print(text)
-    print("\n| case | true faces | left (ground truth) | verify exit | input changed | partial files | s |")
+    print("\n| case | true faces | left (ground truth) | verify exit (leaks of faces audited) | "
+          "input changed | partial files | s |")
     print("|---|---|---|---|---|---|---|")
     for row in results["synthetic"]:
+        audit = row.get("verify", {})
         print(f"| {row['case']} | {row['faces_true']} | {row['faces_left']} | "
-              f"{row.get('verify', {}).get('exit', '-')} | {row['input_changed']} | "
+              f"{audit.get('exit', '-')} ({audit.get('leaks', '-')} of {audit.get('faces_checked', '-')}) | "
+              f"{row['input_changed']} | "
               f"{len(row['partial_files'])} | {row['seconds']} |")
+    if results.get("celeba"):
+        print("\n| method (CelebA test images) | faces audited | leaked unchanged | leaked identity "
+              "| files leaking | verify exit | anonymize s | audit s |")
+        print("|---|---|---|---|---|---|---|---|")
     for row in results.get("celeba", []):
-        print(f"| celeba {row['method']} x{row['images']} | - | - | {row['verify'].get('exit')} "
-              f"(leaks {row['verify'].get('leaks')}) | - | {len(row['partial_files'])} | "
-              f"{row['anonymize_s']} |")
+        audit = row["verify"]
+        by_verdict = audit.get("leaks_by_verdict", {})
+        print(f"| {row['method']} x{row['images']} | {audit.get('faces_checked')} | "
+              f"{by_verdict.get('leaked-unchanged')} | {by_verdict.get('leaked-identity')} | "
+              f"{audit.get('files_leaked')} | {audit['exit']} | {row['anonymize_s']} | "
+              f"{audit['seconds']} |")
     left = sum(row["faces_left"] for row in results["synthetic"])
     return 1 if left else 0
 

@@ -89,6 +89,12 @@ SMALL_FACE_SSIM = 0.85
 FLAT_REGION_STD = 3.0
 #: A face found on the output overlaps an original face when IoU is at least this.
 CROSS_CHECK_IOU = 0.3
+#: mean |Laplacian| (grey levels) below which a detection on the original is no face: eyes, a
+#: mouth and the face's outline always leave fine detail. dlib's HOG (threshold 0) fired on
+#: six smooth background blobs of a synthetic 6000x4000 photo (scores 0.02-0.16, detail
+#: 1.2-1.3), while 300 CelebA test faces measured 4.05 at least (1st percentile 6.2), also
+#: the six whose HOG score was below 0.25 (6.2-22.1). benchmarks/leak_suite.py, big_photo case.
+FEATURELESS_DETAIL = 2.5
 
 VERDICTS = {
     "leaked-unchanged": "the face's pixels are (nearly) as in the original",
@@ -324,6 +330,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def fine_detail(image: np.ndarray, box: np.ndarray) -> float:
+    """Mean absolute Laplacian of the grey image inside ``box`` (grey levels per pixel)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = [int(round(v)) for v in np.clip(box, 0, [width, height, width, height])]
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return float("inf")  # too small to judge: keep it (fail closed)
+    grey = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
+
+
 class _UnionDetector(FaceDetector):
     """Several detectors searched in turn and merged: an audit may want more than one."""
 
@@ -398,10 +416,11 @@ class LeakAuditor:
 
     # -- images ----------------------------------------------------------------------------
     def find_faces(self, original: np.ndarray, *, second_chance: bool = True) -> list[Face]:
-        """Faces of the original, each with landmarks located on it."""
-        if second_chance:
-            return self.locator.locate(original)
-        return self.locator.complete_landmarks(original, self.detector.detect(original))
+        """Faces of the original, each with landmarks located on it (featureless detections,
+        see :data:`FEATURELESS_DETAIL`, are dropped: they cannot show anyone)."""
+        faces = self.locator.locate(original) if second_chance \
+            else self.locator.complete_landmarks(original, self.detector.detect(original))
+        return [face for face in faces if fine_detail(original, face.box) >= FEATURELESS_DETAIL]
 
     def judge(self, original: np.ndarray, output: np.ndarray, faces: Iterable[Face], *,
               frame: int | None = None, time_s: float | None = None) -> list[FaceFinding]:

@@ -216,3 +216,26 @@ def test_small_faces_are_judged_by_structure(people, mosaic):
     assert untouched[0].leaked and untouched[0].distance is None and untouched[0].ssim > 0.85
     mosaicked = small_auditor.judge(canvas, mosaic.anonymize(canvas, faces=faces).image, faces)
     assert _verdicts(mosaicked) == ["ok"], [f.reason for f in mosaicked]
+
+
+class _FixedDetector:
+    """Returns the boxes it was given (isolates the auditor's filtering from any detector)."""
+
+    name = "fixed"
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detect(self, image):
+        from facedeid.detection import Face
+        return [Face(box, score=0.05) for box in self.boxes]
+
+
+def test_a_detection_on_a_smooth_background_is_no_face_to_audit(people, original, auditor,
+                                                                 monkeypatch):
+    blob = np.array([10, 10, 70, 70], np.float32)  # the canvas corner: smooth colour noise
+    x, y = FACE_AT
+    face = np.array([x + 45, y + 65, x + 135, y + 185], np.float32)
+    monkeypatch.setattr(auditor, "detector", _FixedDetector([blob, face]))
+    found = auditor.find_faces(original, second_chance=False)
+    assert [f.box.tolist() for f in found] == [face.tolist()]

@@ -144,20 +144,23 @@ def read_celeba_attributes(path: Path) -> tuple[tuple[str, ...], dict[str, dict[
     return names, table
 
 
-def read_celeba_id200_index(root: str | os.PathLike) -> list[tuple[str, int, bool]]:
-    """``[(file name, identity, is_train)]`` of celeba-id200, in ``identity_split.txt`` order.
+def read_celeba_id200_index(root: str | os.PathLike, split_file: str = "identity_split.txt"
+                            ) -> list[tuple[str, int, bool]]:
+    """``[(file name, identity, is_train)]`` of celeba-id200, in ``split_file`` order.
 
-    From the official ``identity_CelebA.txt`` and the subset's ``identity_split.txt`` (24 train
-    and 6 test photos of each of 200 people). Used where one row per face is wanted without
-    the attribute table (the surrogate recognizer's training data, k-Same's default gallery).
+    From the official ``identity_CelebA.txt`` and one of the subset's split files:
+    ``identity_split.txt`` (24 train and 6 test photos of each of 200 people) or
+    ``identity_split_disjoint.txt`` (:data:`DISJOINT_SPLIT_FILE`: 160 train people, 40 test
+    people never seen in training). Used where one row per face is wanted without the
+    attribute table (the surrogate recognizer's training data, k-Same's default gallery).
     """
     root = Path(root)
-    _require(root, [root / "identity_CelebA.txt", root / "identity_split.txt"], "celeba-id200")
+    _require(root, [root / "identity_CelebA.txt", root / split_file], "celeba-id200")
     identities = _read_two_columns(root / "identity_CelebA.txt")
     rows = []
-    for file_name, split in _read_two_columns(root / "identity_split.txt").items():
+    for file_name, split in _read_two_columns(root / split_file).items():
         if file_name not in identities:
-            raise DatasetError(f"{root / 'identity_split.txt'} lists {file_name}, which "
+            raise DatasetError(f"{root / split_file} lists {file_name}, which "
                                "identity_CelebA.txt does not")
         rows.append((file_name, int(identities[file_name]), split == "train"))
     return rows
