@@ -61,3 +61,26 @@ def one_torch_thread():
     """Small networks on a shared 2-core box: one thread avoids oversubscription stalls."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture
+def failing_method():
+    """Name of a registered method that blanks every face (a perfect de-identification) but
+    raises on every second one: the evaluator must count those as unprotected, not drop them."""
+    from facedeid.methods.base import DeidMethod
+    from facedeid.methods.registry import _REGISTRY, register
+
+    class FailsEveryOther(DeidMethod):
+        name = "test-fails-every-other"
+        summary = "raises on every second face (tests only)"
+        calls = 0
+
+        def apply(self, crop, context):
+            type(self).calls += 1
+            if type(self).calls % 2 == 0:
+                raise RuntimeError("deliberate failure")
+            return np.zeros_like(crop.pixels)
+
+    register(FailsEveryOther)
+    yield FailsEveryOther.name
+    _REGISTRY.pop(FailsEveryOther.name, None)

@@ -10,8 +10,6 @@ from PIL import Image
 
 from facedeid.cli import main
 from facedeid.evaluation.runner import MethodSpec
-from facedeid.methods.base import DeidMethod
-from facedeid.methods.registry import _REGISTRY, register
 
 from .conftest import shared_path
 
@@ -55,25 +53,6 @@ def test_evaluate_compare_on_celeba(tmp_path):
     assert cached["methods"][0]["privacy"]["dlib"]["sdr"] == mosaic["sdr"]
 
 
-class _FailsEveryOther(DeidMethod):
-    name = "test-fails-every-other"
-    summary = "raises on every second face (tests only)"
-    calls = 0
-
-    def apply(self, crop, context):
-        type(self).calls += 1
-        if type(self).calls % 2 == 0:
-            raise RuntimeError("deliberate failure")
-        return np.zeros_like(crop.pixels)
-
-
-@pytest.fixture
-def failing_method():
-    register(_FailsEveryOther)
-    yield _FailsEveryOther.name
-    _REGISTRY.pop(_FailsEveryOther.name, None)
-
-
 def test_failures_and_faceless_images_are_counted(tmp_path, astronaut, failing_method):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -90,7 +69,10 @@ def test_failures_and_faceless_images_are_counted(tmp_path, astronaut, failing_m
     assert (data["records"], data["usable"], data["excluded_no_face"]) == (6, 4, 1)
     assert len(data["unreadable"]) == 1 and "broken.png" in data["unreadable"][0]["file"]
     row = results["methods"][0]
-    assert row["failures"] == 2 and row["faces"] == 2
+    # the failed faces stay in the denominator, counted as not protected
+    assert row["failures"] == 2 and row["outputs"] == 2 and row["faces"] == 4
+    assert row["privacy"]["dlib"]["unprotected_failures"] == 2
+    assert row["privacy"]["dlib"]["sdr"] <= 0.5
     assert "deliberate failure" in row["failure_details"][0]["error"]
     assert results["linking_gallery"]["size"] == 0  # a plain folder has no identities
     assert "## Failures" in (out / "report.md").read_text()

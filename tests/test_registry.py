@@ -39,7 +39,7 @@ def test_methods_keep_their_own_error_subclass_and_api():
 
 def test_registries_read_as_name_mappings():
     assert list(DETECTORS)[0] == "centerface"  # insertion order: the CLI's default comes first
-    assert {"expression", "attributes", "detection"} == set(SERVICES)
+    assert {"expression", "attributes", "detection", "age_gender"} == set(SERVICES)
     assert "dlib" in RECOGNIZERS and "nope" not in RECOGNIZERS
     assert SERVICES.describe()["expression"].startswith("FER2013")
     assert SERVICES.names() == sorted(SERVICES)

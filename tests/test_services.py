@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- pure logic (no models) ------------------------------------------------------------------
-def test_registry_lists_the_three_services():
-    assert set(SERVICES) == {"expression", "attributes", "detection"}
+def test_registry_lists_the_services():
+    assert set(SERVICES) == {"expression", "attributes", "detection", "age_gender"}
     with pytest.raises(ValueError, match="unknown service"):
         create_service("gait")
 

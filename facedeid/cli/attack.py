@@ -40,7 +40,8 @@ def register(subparsers) -> None:
                          help="method parameter, repeatable (default: the method's defaults)")
     restore.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     restore.add_argument("--limit", type=int, default=None, metavar="N",
-                         help="first N train and first N/4 test images (default: all 4,800 / 1,200)")
+                         help="first N train and first N/4 test images "
+                              "(default: all 4,800 / 1,200)")
     restore.add_argument("--test-limit", type=int, default=None, metavar="N",
                          help="first N test images (overrides the share --limit implies)")
     restore.add_argument("--size", type=int, choices=(64, 96), default=64,
@@ -52,7 +53,8 @@ def register(subparsers) -> None:
     restore.add_argument("--seed", type=int, default=0,
                          help="publisher's seed for the test outputs and the training seed")
     restore.add_argument("--cache", default=None, metavar="DIR",
-                         help="attacker, pair and face cache (default: ~/.cache/facedeid/restoration)")
+                         help="attacker, pair and face cache "
+                              "(default: ~/.cache/facedeid/restoration)")
     restore.add_argument("--data-root", default=None, help="folder holding celeba-id200")
     restore.add_argument("-o", "--out", default=None, metavar="FILE",
                          help="JSON report (default: attack_restore_METHOD.json)")

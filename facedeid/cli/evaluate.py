@@ -11,8 +11,12 @@ HELP = "measure privacy, utility and quality of de-identification methods on a d
 DESCRIPTION = """\
 Detect faces on the ORIGINAL images, de-identify them (same pipeline as `facedeid anonymize`),
 then measure: privacy against face recognizers that know where the face is (identity distance,
-SDR, rank-1 with the originals and with other photos of the same people as gallery, TAR at FAR),
-utility through service evaluators (expression, attributes, detection) and image quality.
+SDR, rank-1 with the originals and with other photos of the same people as gallery, TAR at FAR,
+and the parrot attack: the attacker de-identifies its gallery with the same method and a fresh
+seed), utility through service evaluators (expression, attributes, detection, age_gender) and
+image quality. Attackers default to dlib and faceres; each is marked "independent" or "seen in
+training" (a learned method that optimised against it). A face the method fails on counts as
+not protected. celeba-id200's test split is identity-disjoint (identity_split_disjoint.txt).
 Writes OUT/results.json, OUT/report.md and PNG plots.
 
 Datasets by name (looked up under --data-root, default ../shared/data): celeba-id200,
@@ -40,10 +44,17 @@ def register(subparsers) -> None:
                       help="split to evaluate: train/valid/test/all (default: test where the "
                            "dataset has splits, else all)")
     data.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    data.add_argument("--split-source", choices=("disjoint", "identity", "official", "auto"),
+                      default="disjoint",
+                      help="CelebA split file: disjoint = identity_split_disjoint.txt where it "
+                           "exists (default; test people never trained on), identity = "
+                           "identity_split.txt, official = list_eval_partition.txt")
     data.add_argument("--data-root", default=None, help="folder holding the named datasets")
     attack = parser.add_argument_group("attacker")
     attack.add_argument("--recognizer", action="append", default=None, metavar="NAME",
-                        help="recognizer, repeatable: dlib (default), onnx (needs --onnx-model)")
+                        help="attacker, repeatable (default: dlib and faceres): "
+                             + ", ".join(_recognizer_names())
+                             + " (onnx needs --onnx-model)")
     attack.add_argument("--onnx-model", default=None, metavar="PATH",
                         help="ONNX face-embedding model for --recognizer onnx")
     attack.add_argument("--onnx-input-size", type=int, default=112)
@@ -51,13 +62,22 @@ def register(subparsers) -> None:
                         help="cosine-distance threshold of the ONNX model (default: 0.6)")
     attack.add_argument("--gallery-per-identity", type=int, default=10,
                         help="linking-attack photos per person (default: 10; 0 = all)")
+    attack.add_argument("--no-parrot", action="store_true",
+                        help="skip the parrot attack (it runs the method a second time)")
+    attack.add_argument("--restored", action="store_true",
+                        help="also report rank-1 after the adaptive restoration attack, for every "
+                             "method an attacker was trained for (`facedeid attack restore "
+                             "--method M`; others are skipped)")
+    attack.add_argument("--restorer-cache", default=None, metavar="DIR",
+                        help="where `facedeid attack restore` cached its attackers (default: "
+                             "its own default)")
     attack.add_argument("--far", type=float, action="append", default=None,
                         help="FAR for TAR@FAR, repeatable (default: 0.01 and 0.001)")
     attack.add_argument("--cache-dir", default=None,
                         help="cache of original embeddings (default: ~/.cache/facedeid/embeddings)")
     attack.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     utility = parser.add_argument_group("utility and quality")
-    utility.add_argument("--services", default="expression,attributes,detection",
+    utility.add_argument("--services", default="expression,attributes,detection,age_gender",
                          help="comma-separated service evaluators, or 'none'")
     utility.add_argument("--service-crop", choices=("haar", "box"), default="haar",
                          help="services find the face with Haar as in QM-VAE (default) or use the "
@@ -72,6 +92,12 @@ def register(subparsers) -> None:
     out.add_argument("--samples", type=int, default=6, help="faces in the before/after grid")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
+
+
+def _recognizer_names() -> list[str]:
+    """Registered attacker names, for --help (the registry module is light: no models load)."""
+    from ..evaluation.recognizers import RECOGNIZERS
+    return RECOGNIZERS.names()
 
 
 def build_specs(args: argparse.Namespace) -> list:
@@ -94,7 +120,9 @@ def build_config(args: argparse.Namespace):
     from ..io.datasets import default_split
     from ..evaluation.runner import DEFAULT_FARS, EvalConfig
 
-    recognizers = args.recognizer or ["dlib"]
+    from ..evaluation.runner import DEFAULT_RECOGNIZERS
+
+    recognizers = args.recognizer or list(DEFAULT_RECOGNIZERS)
     recognizer_params = {}
     if "onnx" in recognizers:
         if not args.onnx_model:
@@ -107,7 +135,7 @@ def build_config(args: argparse.Namespace):
         else tuple(s.strip() for s in args.services.split(",") if s.strip())
     return EvalConfig(
         dataset=args.dataset, split=args.split or default_split(args.dataset, args.data_root),
-        limit=args.limit,
+        split_source=args.split_source, limit=args.limit, parrot=not args.no_parrot,
         data_root=args.data_root, recognizers=recognizers, recognizer_params=recognizer_params,
         services=services, service_crop=args.service_crop, detector=args.detector,
         detector_params=detector_params(args), landmarks=args.landmarks, expand=args.expand,
@@ -124,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
 
     specs = build_specs(args)
     config = build_config(args)
-    results = Evaluator(config).run(specs)
+    restorer = None
+    if args.restored:
+        from ..evaluation.restoration_attack import evaluator_restorer
+        restorer = evaluator_restorer(args.restorer_cache)
+    results = Evaluator(config, restorer=restorer).run(specs)
     files = write_report(results, args.out)
     print(markdown_table(results))
     dataset = results["dataset"]

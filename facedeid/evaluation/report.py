@@ -1,7 +1,8 @@
 """Write an evaluation's ``results.json``, its Markdown report and the plots the report shows.
 
-Plots (matplotlib, Agg backend, PNG): privacy vs utility scatter, per-expression loss bars,
-and a grid of before/after samples.
+Plots (matplotlib, Agg backend, PNG): privacy vs utility scatter (worst-case rank-1 over every
+attacker and attack vs expression loss, one point per method), per-expression loss bars, and a
+grid of before/after samples.
 """
 from __future__ import annotations
 
@@ -49,15 +50,65 @@ def summary_rows(results: dict) -> list[dict]:
             "label": entry["label"], "faces": entry.get("faces"), "failures": entry.get("failures"),
             "id_distance": p.get("identity_distance_mean"), "sdr": p.get("sdr"),
             "rank1_own": p.get("rank1_own_gallery"), "rank1_linking": p.get("rank1_linking"),
+            "rank1_worst": worst_rank1(entry),
             "tar": {far: v["tar"] for far, v in tars.items()},
             "expression_loss": services.get("expression", {}).get("service_loss_rate"),
             "attribute_accuracy": services.get("attributes", {}).get("mean_attribute_accuracy"),
             "detection_rate": services.get("detection", {}).get("detection_rate"),
+            "gender_agreement": services.get("age_gender", {}).get("gender_agreement"),
+            "age_difference": services.get("age_gender", {}).get("age_mean_abs_difference"),
             "ssim": entry.get("quality", {}).get("ssim"),
             "face_ssim": entry.get("quality", {}).get("face_ssim"),
             "psnr": entry.get("quality", {}).get("psnr"),
         })
     return rows
+
+
+def _rank1_values(figures: dict, gallery: str) -> list[float]:
+    """Every rank-1 figure of one attacker on one gallery (``"rank1_linking"`` or
+    ``"rank1_own_gallery"``): plain, parrot and restored."""
+    values = [figures.get(gallery)] + [figures.get(attack, {}).get(gallery)
+                                       for attack in ("parrot", "restored")]
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def worst_rank1(entry: dict) -> float | None:
+    """The highest rank-1 any attacker reaches on a method (plain, parrot or restored): what a
+    skeptic would quote as its identification risk. On the linking gallery (other photos of
+    the person) when there is one: with the own-original gallery a parrot attacker holding the
+    exact photo reproduces a deterministic method's output bit for bit, which says nothing
+    about telling methods apart."""
+    privacy = entry.get("privacy", {}).values()
+    for gallery in ("rank1_linking", "rank1_own_gallery"):
+        values = [v for figures in privacy for v in _rank1_values(figures, gallery)]
+        if values:
+            return max(values)
+    return None
+
+
+def attacker_table(results: dict) -> str:
+    """Per method and attacker: independence mark, SDR, rank-1 (own original, other photos),
+    parrot rank-1 and restored rank-1 (when a restorer was given)."""
+    restored = any("restored" in p for m in results["methods"] for p in m["privacy"].values())
+    head = ["method", "attacker", "attacker is", "SDR", "rank-1 own", "rank-1 linking",
+            "parrot own", "parrot linking"]
+    if restored:
+        head += ["restored SDR", "restored own", "restored linking"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in [results["baseline"]] + results["methods"]:
+        for recognizer in results["recognizers"]:
+            p = method["privacy"].get(recognizer["name"])
+            if p is None:
+                continue
+            parrot, back = p.get("parrot", {}), p.get("restored", {})
+            cells = [method["label"], recognizer["name"], p.get("attacker", "–"), _fmt(p.get("sdr")),
+                     _fmt(p.get("rank1_own_gallery")), _fmt(p.get("rank1_linking")),
+                     _fmt(parrot.get("rank1_own_gallery")), _fmt(parrot.get("rank1_linking"))]
+            if restored:
+                cells += [_fmt(back.get("sdr")), _fmt(back.get("rank1_own_gallery")),
+                          _fmt(back.get("rank1_linking"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: dict) -> str:
@@ -68,14 +119,16 @@ def markdown_table(results: dict) -> str:
     head = (["method", "faces", "fail", f"id dist ({recognizer['metric']})",
              f"SDR@{recognizer['threshold']:g}", "rank-1 own", "rank-1 linking"]
             + [f"TAR@FAR={far}" for far in fars]
-            + ["expr. loss", "attr. acc", "det. rate", "SSIM", "face SSIM", "PSNR"])
+            + ["expr. loss", "attr. acc", "det. rate", "gender agr.", "age diff (y)", "SSIM",
+               "face SSIM", "PSNR"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"], _fmt(row["faces"]), _fmt(row["failures"]), _fmt(row["id_distance"]),
                  _fmt(row["sdr"]), _fmt(row["rank1_own"]), _fmt(row["rank1_linking"])]
         cells += [_fmt(row["tar"].get(far)) for far in fars]
         cells += [_fmt(row["expression_loss"]), _fmt(row["attribute_accuracy"]),
-                  _fmt(row["detection_rate"]), _fmt(row["ssim"]), _fmt(row["face_ssim"]),
+                  _fmt(row["detection_rate"]), _fmt(row["gender_agreement"]),
+                  _fmt(row["age_difference"], 2), _fmt(row["ssim"]), _fmt(row["face_ssim"]),
                   _fmt(row["psnr"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -91,8 +144,9 @@ def _save_figure(fig, path: Path, dpi: int) -> Path:
     return path
 
 def plot_privacy_utility(results: dict, path: Path) -> Path | None:
-    """Scatter: x = identification risk (rank-1), y = utility kept (1 - expression loss, or
-    attribute accuracy, or SSIM when no service ran)."""
+    """Scatter, one point per method: x = worst-case rank-1 (:func:`worst_rank1`: every
+    attacker, plain/parrot/restored), y = utility lost (expression service loss
+    rate; else 1 - attribute agreement; else 1 - SSIM when no service ran). Best: bottom left."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -100,27 +154,30 @@ def plot_privacy_utility(results: dict, path: Path) -> Path | None:
     rows = summary_rows(results)[1:]
     if not rows:
         return None
-    risk_key = "rank1_linking" if any(r["rank1_linking"] is not None for r in rows) else "rank1_own"
     if any(r["expression_loss"] is not None for r in rows):
-        utility = [None if r["expression_loss"] is None else 1 - r["expression_loss"] for r in rows]
-        y_label = "expression kept (1 - service loss rate)"
+        loss, y_label = [r["expression_loss"] for r in rows], "expression loss rate (QM-VAE Eq. 8)"
     elif any(r["attribute_accuracy"] is not None for r in rows):
-        utility, y_label = [r["attribute_accuracy"] for r in rows], "mean attribute accuracy"
+        loss = [None if r["attribute_accuracy"] is None else 1 - r["attribute_accuracy"]
+                for r in rows]
+        y_label = "attribute disagreement (1 - mean agreement)"
     else:
-        utility, y_label = [r["ssim"] for r in rows], "SSIM (whole image)"
+        loss = [None if r["ssim"] is None else 1 - r["ssim"] for r in rows]
+        y_label = "1 - SSIM (whole image)"
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for row, y in zip(rows, utility):
-        x = row[risk_key]
+    for row, y in zip(rows, loss):
+        x = row["rank1_worst"]
         if x is None or y is None:
             continue
         ax.scatter(x, y, s=40)
         ax.annotate(row["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"{risk_key.replace('_', ' ')} ({results['recognizers'][0]['name']}; lower = more private)")
+    names = ", ".join(r["name"] for r in results["recognizers"])
+    ax.set_xlabel(f"worst-case rank-1, linking gallery ({names}; plain/parrot/restored; "
+                  "lower = more private)", fontsize=8)
     ax.set_ylabel(y_label)
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.set_title("privacy vs utility (best corner: top left)")
+    ax.set_title("privacy vs utility loss (best corner: bottom left)")
     return _save_figure(fig, path, dpi=120)
 
 
@@ -196,6 +253,9 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
 def render_markdown(results: dict, plots: dict[str, Path | None]) -> str:
     d, g, c = results["dataset"], results.get("linking_gallery", {}), results["config"]
     lines = [f"# facedeid evaluation: {d['name']} ({d.get('split') or 'all'})", ""]
+    if d.get("split_file"):
+        lines.append(f"- split file: {d['split_file']} ({d.get('identities', '?')} identities in "
+                     "the probe set)")
     lines.append(f"- images: {d['records']}; usable faces: {d['usable']}; excluded (no face on the "
                  f"original, detector {c['detector']}): {d['excluded_no_face']}; unreadable: "
                  f"{len(d['unreadable'])}")
@@ -213,22 +273,16 @@ def render_markdown(results: dict, plots: dict[str, Path | None]) -> str:
         lines.append(f"  - service {name} not run: {error}")
     lines.append(f"- total time: {results['timings']['total_s']:.1f} s")
     lines += ["", "## Summary", "", markdown_table(results), "",
+              "## Attackers", "", attacker_table(results), "",
+              "Attacker is *independent* unless the method optimised against it in training "
+              "(*seen in training*: its figures flatter the method). Parrot (Newton et al.): the "
+              "attacker applies the same method, same parameters, fresh seed to its gallery and "
+              "matches de-identified against de-identified. A face the method failed on counts as "
+              "not protected (identified, not de-identified).", "",
               "Rank-1 own: gallery = the original test images, the probe's own original included "
               "(EEAE protocol). Rank-1 linking: gallery = other photos of the same people. "
               "SDR (book Eq. 3.2): fraction of outputs farther than the threshold from their "
               "original. TAR at FAR: threshold set on impostor pairs of the same comparison.", ""]
-    if len(results["recognizers"]) > 1:
-        lines += ["## Other recognizers", ""]
-        for r in results["recognizers"][1:]:
-            lines.append(f"### {r['name']}")
-            lines.append("| method | id dist | SDR | rank-1 own | rank-1 linking |")
-            lines.append("|---|---|---|---|---|")
-            for m in [results["baseline"]] + results["methods"]:
-                p = m["privacy"].get(r["name"], {})
-                lines.append(f"| {m['label']} | {_fmt(p.get('identity_distance_mean'))} | "
-                             f"{_fmt(p.get('sdr'))} | {_fmt(p.get('rank1_own_gallery'))} | "
-                             f"{_fmt(p.get('rank1_linking'))} |")
-            lines.append("")
     for key, title in (("privacy_utility", "Privacy vs utility"),
                        ("per_expression", "Expression loss per class"),
                        ("samples", "Samples")):

@@ -88,7 +88,8 @@ class Restorer:
         self.model = model
         self.meta = meta
         self.key = meta["key"]
-        self.aligner = FaceAligner(size=int(meta["size"]), face_fraction=float(meta["face_fraction"]))
+        self.aligner = FaceAligner(size=int(meta["size"]),
+                                   face_fraction=float(meta["face_fraction"]))
 
     def restore_crops(self, crops: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3) uint8`` aligned de-identified crops -> restored, same shape."""
@@ -227,3 +228,27 @@ def reidentification(recognizer, originals: Sequence[np.ndarray], faces: Sequenc
             "count": int(len(images)),
         }
     return report
+
+
+def evaluator_restorer(cache_dir: str | os.PathLike | None = None, *, size: int = DEFAULT_SIZE
+                       ) -> Callable:
+    """The :class:`~facedeid.evaluation.runner.Evaluator` hook: ``(spec, outputs, faces) ->
+    restored images``, or ``None`` for a method no attacker has been trained for yet.
+
+    Attackers are loaded once per method spec. Pass the originals' :class:`Face` objects as
+    ``faces`` where available: the attacker was trained on crops aligned with the detector's
+    landmarks, and bare boxes fall back to landmarks estimated from the box (a weaker attack).
+    """
+    loaded: dict[str, Restorer | None] = {}
+
+    def restore(spec, outputs: Sequence[np.ndarray], faces: Sequence):
+        name = getattr(spec, "title", None) or str(spec)
+        if name not in loaded:
+            try:
+                loaded[name] = load_restorer(spec.method, dict(spec.params), cache_dir, size=size)
+            except MissingWeightsError:
+                loaded[name] = None
+        restorer = loaded[name]
+        return None if restorer is None else restorer(outputs, faces)
+
+    return restore

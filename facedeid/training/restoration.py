@@ -80,7 +80,8 @@ def read_split(root: str | os.PathLike, split: str, limit: int | None = None
         if not path.is_file():
             raise InvalidInputError(f"{path} is missing; the restoration attack needs "
                                     "celeba-id200 with its identity-disjoint split")
-    identities = dict(line.split() for line in identity_file.read_text().splitlines() if line.strip())
+    identities = dict(line.split() for line in identity_file.read_text().splitlines()
+                      if line.strip())
     rows = []
     for line in split_file.read_text().splitlines():
         if not line.strip():
@@ -151,7 +152,8 @@ def aligned_pairs(originals: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
 def build_pairs(face_set: FaceSet, method: str, params: dict[str, Any], size: int,
                 cache_dir: Path, *, seed: int = ATTACKER_PAIR_SEED, progress: bool = True
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The attacker's training pairs for ``method``/``params`` (cached; see :func:`aligned_pairs`)."""
+    """The attacker's training pairs for ``method``/``params`` (cached; see
+    :func:`aligned_pairs`)."""
     key = attack_key(method, method_config(method, params), size)
     cache = cache_dir / f"pairs-{_digest(key, seed, [p.name for p in face_set.paths])}.npz"
     if cache.is_file():
@@ -261,7 +263,7 @@ def train_restorer(inputs: np.ndarray, targets: np.ndarray, identities: Sequence
             "widths": list(config.widths), "config": asdict(config), "epochs_done": 0,
             "history": [], "train_pairs": int(len(train_idx)), "heldout_pairs": int(len(held_idx)),
             "heldout_l1_input": l1_restoration_loss(None, inputs[held_idx], targets[held_idx]),
-            "perceptual": "mini-Xception FER2013 features (stem + 2 blocks), grey 64x64"
+            "perceptual": "mini-Xception FER2013 features (stem + 1 block), grey 64x64"
             if config.perceptual_weight > 0 else "none"}
     if resume and out_path.is_file():
         stored_model, stored_meta = load_checkpoint(out_path, key)
@@ -278,8 +280,9 @@ def train_restorer(inputs: np.ndarray, targets: np.ndarray, identities: Sequence
         model.train()
         order = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
         started, running, steps = time.time(), 0.0, 0
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not progress, mininterval=2)
+        bar = tqdm(range(0, len(order), config.batch_size),
+                   desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not progress, mininterval=2)
         for start in bar:
             batch = order[start:start + config.batch_size]
             x, y = _to_tensor(inputs[batch]), _to_tensor(targets[batch])
@@ -338,7 +341,8 @@ def _original_embeddings(recognizer, images, faces, face_set: FaceSet, cache_dir
 def run_restoration_attack(method: str, params: dict[str, Any], *, data_root: str | os.PathLike,
                            cache_dir: str | os.PathLike | None = None, size: int = DEFAULT_SIZE,
                            config: TrainConfig | None = None, limit: int | None = None,
-                           test_limit: int | None = None, recognizers: Sequence[str] = ("dlib", "faceres"),
+                           test_limit: int | None = None,
+                           recognizers: Sequence[str] = ("dlib", "faceres"),
                            seed: int = 0, progress: bool = True) -> dict:
     """Train or reuse the attacker, restore the test outputs, re-identify before and after.
 
@@ -379,6 +383,7 @@ def run_restoration_attack(method: str, params: dict[str, Any], *, data_root: st
         "method": method, "params": method_config(method, params), "attack_key": meta["key"],
         "checkpoint": str(path), "size": size, "seed": seed,
         "train": {"images": meta["train_pairs"] + meta["heldout_pairs"],
+                  "heldout_images": meta["heldout_pairs"],
                   "epochs": meta["epochs_done"], "history": meta["history"],
                   "heldout_l1_input": meta["heldout_l1_input"], "perceptual": meta["perceptual"],
                   "seconds_this_run": round(trained_s, 1)},
@@ -391,9 +396,11 @@ def run_restoration_attack(method: str, params: dict[str, Any], *, data_root: st
 
 def format_report(report: dict) -> str:
     """The before/after table ``facedeid attack restore`` prints."""
+    train = report["train"]
     lines = [f"restoration attack on {report['attack_key']} — {report['test']['images']} test "
-             f"faces of {report['test']['identities']} people, attacker trained "
-             f"{report['train']['epochs']} epoch(s) on {report['train']['images']} faces",
+             f"faces of {report['test']['identities']} people; attacker trained "
+             f"{train['epochs']} epoch(s) on {train['images'] - train['heldout_images']} faces "
+             f"({train['heldout_images']} of held-out train identities measure it)",
              f"{'recognizer':<12}{'rank-1 deid':>12}{'rank-1 rest':>12}{'SDR deid':>10}"
              f"{'SDR rest':>10}"]
     for name, row in report["recognizers"].items():

@@ -12,6 +12,7 @@ original's prediction is the reference, whether or not it is right about the per
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,7 @@ class AgeGenderService(ServiceEvaluator):
 
     def __init__(self, recognizer=None, batch_size: int = 32):
         if recognizer is None:
-            from ..faceres_recognizer import FaceresRecognizer
-            recognizer = FaceresRecognizer(batch_size=batch_size)
+            recognizer = faceres_with_heads(batch_size=batch_size)
         self.recognizer = recognizer
 
     def predict(self, images: list[np.ndarray], boxes: list | None = None) -> AgeGenderOutput:
@@ -71,3 +71,50 @@ class AgeGenderService(ServiceEvaluator):
             "age_mean_original": None if count == 0 else round(float(np.mean(original.age)), 4),
             "age_mean_anonymized": None if count == 0 else round(float(np.mean(anonymized.age)), 4),
         }
+
+
+def _crop_digest(crop: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(crop).tobytes(), digest_size=16).digest()
+
+
+def faceres_with_heads(**kwargs):
+    """A ``faceres`` attacker that also keeps the heads of every crop it embeds (see below)."""
+    from ..faceres_recognizer import FaceresRecognizer
+
+    class FaceresWithHeads(FaceresRecognizer):
+        """The ``faceres`` recognizer, remembering gender/age of the crops it has embedded.
+
+        One forward pass gives the descriptor and both heads, so when the evaluator runs
+        faceres as an attacker *and* this service on the same faces, the service reads the
+        heads of the attacker's pass (keyed by the crop's content) instead of running the
+        network a second time. Same name and embeddings as ``faceres``.
+        """
+
+        def __init__(self, **options):
+            super().__init__(**options)
+            self._heads: dict[bytes, tuple[float, float]] = {}
+
+        def _analyze(self, crops: np.ndarray):
+            output = self.model.analyze(crops, self.batch_size)
+            male = output.male_probability.numpy().astype(np.float32)
+            age = output.age.numpy().astype(np.float32)
+            if len(self._heads) > 200_000:  # bound memory on very long runs
+                self._heads.clear()
+            for crop, m, a in zip(crops, male, age):
+                self._heads[_crop_digest(crop)] = (float(m), float(a))
+            return output, male, age
+
+        def embed(self, images, boxes, reference_images=None) -> np.ndarray:
+            output, _, _ = self._analyze(self.crops(images, boxes, reference_images))
+            return output.descriptor.numpy().astype(np.float32)
+
+        def attributes(self, images, boxes, reference_images=None) -> dict[str, np.ndarray]:
+            crops = self.crops(images, boxes, reference_images)
+            digests = [_crop_digest(crop) for crop in crops]
+            missing = [i for i, d in enumerate(digests) if d not in self._heads]
+            if missing:
+                self._analyze(crops[missing])
+            heads = np.array([self._heads[d] for d in digests], np.float32).reshape(-1, 2)
+            return {"male_probability": heads[:, 0], "age": heads[:, 1]}
+
+    return FaceresWithHeads(**kwargs)
