@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from .detection import Face, FaceDetector, create_detector, merge_faces
+from .detection.base import iou_matrix
 from .detection.locate import FaceLocator
 from .errors import FaceDeidError, InvalidInputError, InvalidParameterError
 
@@ -322,14 +323,6 @@ def _middle_std(image: np.ndarray, box: np.ndarray) -> float:
     return float(grey.std())
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def fine_detail(image: np.ndarray, box: np.ndarray) -> float:
     """Mean absolute Laplacian of the grey image inside ``box`` (grey levels per pixel)."""
     import cv2
@@ -510,8 +503,9 @@ class LeakAuditor:
             x0, y0, x1, y1 = window
             crop = np.ascontiguousarray(output[y0:y1, x0:x1])
             shift = np.array([x0, y0, x0, y0], np.float32)
-            again = [face for face in self.detector.detect(crop)
-                     if _iou(face.box + shift, box) >= CROSS_CHECK_IOU]
+            found_here = self.detector.detect(crop)
+            overlaps = iou_matrix(np.array([f.box + shift for f in found_here]), box)[:, 0]
+            again = [face for face, iou in zip(found_here, overlaps) if iou >= CROSS_CHECK_IOU]
             if not again:
                 continue
             reference = self.recognizer.embed([original], [box], [original])

@@ -209,41 +209,57 @@ def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple
             for y in starts(height) for x in starts(width)]
 
 
+def intersection_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection area between every row of ``a (N, 4)`` and ``b (M, 4)`` → ``(N, M)``."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    return np.clip(width, 0, None) * np.clip(height, 0, None)
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Area of each ``x0, y0, x1, y1`` row of ``boxes (N, 4)`` → ``(N,)``."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between every row of ``a (N, 4)`` and ``b (M, 4)`` → ``(N, M)``: the project's one
+    box overlap (tracking, merging, the audit and the services use it)."""
+    inter = intersection_matrix(a, b)
+    union = box_areas(a)[:, None] + box_areas(b)[None, :] - inter
+    return inter / np.maximum(union, 1e-6)
+
+
 def merge_faces(faces: list[Face], iou_threshold: float = 0.3,
                 containment: float = 0.7) -> list[Face]:
     """Merge detections of the same face from several passes (tiles, scales, detectors).
 
     Greedy by score: a box that overlaps a kept one by IoU above ``iou_threshold``, or lies
-    mostly (``containment`` of its own area) inside it, joins that face. The merged face keeps
-    the best-scored detection's score and landmarks and the *union* of the boxes — a face seen
-    partly by one pass and whole by another is anonymized whole (fail closed).
+    mostly (``containment`` of the smaller area) inside it, joins that face. The merged face
+    keeps the best-scored detection's score and landmarks and the *union* of the boxes — a face
+    seen partly by one pass and whole by another is anonymized whole (fail closed).
     """
     if not faces:
         return []
     boxes = np.array([face.box for face in faces], np.float32)
     scores = np.array([face.score for face in faces], np.float32)
-    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+    iou = iou_matrix(boxes, boxes)
+    areas = np.maximum(box_areas(boxes), 1e-6)
+    contained = intersection_matrix(boxes, boxes) / np.minimum(areas[:, None], areas[None, :])
+    same_face = (iou > iou_threshold) | (contained > containment)
     kept: list[int] = []
     union: dict[int, np.ndarray] = {}
     for index in np.argsort(-scores, kind="stable"):
-        box = boxes[index]
-        owner = None
-        for leader in kept:
-            other = boxes[leader]
-            inter = max(0.0, min(box[2], other[2]) - max(box[0], other[0])) \
-                * max(0.0, min(box[3], other[3]) - max(box[1], other[1]))
-            smaller = min(areas[index], areas[leader])
-            if inter / (areas[index] + areas[leader] - inter) > iou_threshold \
-                    or inter / smaller > containment:
-                owner = leader
-                break
+        owner = next((leader for leader in kept if same_face[index, leader]), None)
         if owner is None:
             kept.append(int(index))
-            union[int(index)] = box.copy()
+            union[int(index)] = boxes[index].copy()
         else:
             grown = union[owner]
-            union[owner] = np.concatenate([np.minimum(grown[:2], box[:2]),
-                                           np.maximum(grown[2:], box[2:])])
+            union[owner] = np.concatenate([np.minimum(grown[:2], boxes[index, :2]),
+                                           np.maximum(grown[2:], boxes[index, 2:])])
     merged = []
     for index in kept:
         face = faces[index]

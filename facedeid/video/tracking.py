@@ -22,6 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..detection import Face
+from ..detection.base import iou_matrix
 
 
 def _size(box: np.ndarray) -> np.ndarray:
@@ -38,20 +39,6 @@ def _from_centre(centre: np.ndarray, size: np.ndarray) -> np.ndarray:
 
 def _grow(box: np.ndarray, factor: float, margin: float = 0.0) -> np.ndarray:
     return _from_centre(_centre(box), _size(box) * factor + 2 * margin)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between every row of ``a (N, 4)`` and ``b (M, 4)`` → ``(N, M)``."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-6)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...detection.base import iou_matrix
 from ...errors import InvalidInputError
 
 
@@ -95,13 +96,7 @@ def check_pair(original: ServiceOutput, anonymized: ServiceOutput) -> int:
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one ``(4,)`` box with ``(M, 4)`` boxes, ``(M,)``."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    inter_w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    inter_h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = inter_w * inter_h
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
+    return iou_matrix(np.asarray(box, np.float32)[None], boxes)[0]
 
 
 def rate(values: np.ndarray) -> float | None:
