@@ -97,12 +97,8 @@ class Anonymizer:
                 "detected face would stay untouched")
         if not (isinstance(feather, (int, float)) and np.isfinite(feather) and 0 <= feather <= 1):
             raise InvalidParameterError(f"feather must be a number from 0 to 1, got {feather!r}")
-        if isinstance(method, DeidMethod):
-            self.method = method
-        elif allow_weak:
-            self.method = create_method(method, allow_weak=True, **(method_params or {}))
-        else:
-            self.method = create_method(method, **(method_params or {}))
+        self.method = method if isinstance(method, DeidMethod) \
+            else create_method(method, allow_weak=allow_weak, **(method_params or {}))
         if isinstance(detector, FaceLocator):
             self.locator = detector
         else:
@@ -121,7 +117,7 @@ class Anonymizer:
     @property
     def covers_whole_region(self) -> bool:
         """Whether the method replaces the whole region it is given (blindfold does not)."""
-        return self.method.space == "box" and getattr(self.method, "covers_region", True)
+        return self.method.space == "box" and self.method.covers_region
 
     def fallback_method(self) -> DeidMethod:
         """The box method used where the chosen one cannot cover (see :data:`FALLBACK_METHOD`)."""

@@ -38,7 +38,9 @@ def bounded_float(minimum: float | None = None, maximum: float | None = None):
     return parse
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+def add_method_arguments(parser: argparse.ArgumentParser, allow_weak_option: bool = True) -> None:
+    """``-m/-p/--seed``, and ``--allow-weak`` where weak settings are refused by default (the
+    evaluator accepts them: measuring how weak a setting is, is its job)."""
     group = parser.add_argument_group("method")
     group.add_argument("-m", "--method", default="mosaic",
                        help="de-identification method (default: mosaic; see `facedeid methods`)")
@@ -46,6 +48,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
                        help="method parameter, repeatable (e.g. --param block_size=12)")
     group.add_argument("--seed", type=int, default=None,
                        help="seed for stochastic methods (default: fresh randomness)")
+    if not allow_weak_option:
+        return
     group.add_argument("--allow-weak", action="store_true",
                        help="accept method parameters outside the range where the method still "
                             "de-identifies (e.g. mosaic block_size=1); the result is reported as "
@@ -83,7 +87,7 @@ def detector_params(args: argparse.Namespace) -> dict:
     params = {"min_face_size": args.min_face_size}
     if args.threshold is not None:
         params["score_threshold"] = args.threshold
-    if getattr(args, "max_side", None):
+    if args.max_side:
         if args.max_side < 32:
             raise InvalidParameterError(f"--max-side must be >= 32 pixels, got {args.max_side}")
         params["max_side"] = args.max_side
@@ -98,5 +102,4 @@ def build_anonymizer(args: argparse.Namespace, no_face: str | None = None,
                       landmarks=args.landmarks, expand=args.expand, feather=args.feather,
                       mask_shape=args.mask_shape, no_face=no_face, seed=args.seed,
                       expect_faces=expect_faces,
-                      second_chance=not getattr(args, "no_second_chance", False),
-                      allow_weak=getattr(args, "allow_weak", False))
+                      second_chance=not args.no_second_chance, allow_weak=args.allow_weak)

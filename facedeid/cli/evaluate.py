@@ -33,7 +33,7 @@ examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help=HELP, description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_method_arguments(parser)
+    add_method_arguments(parser, allow_weak_option=False)
     parser.set_defaults(method=None, seed=0)
     parser.add_argument("--compare", nargs="+", metavar="SPEC", default=None,
                         help='more methods in the same table: NAME or "NAME:k=v,k=v" '
@@ -138,7 +138,8 @@ def build_config(args: argparse.Namespace):
         split_source=args.split_source, limit=args.limit, parrot=not args.no_parrot,
         data_root=args.data_root, recognizers=recognizers, recognizer_params=recognizer_params,
         services=services, service_crop=args.service_crop, detector=args.detector,
-        detector_params=detector_params(args), landmarks=args.landmarks, expand=args.expand,
+        detector_params=detector_params(args), second_chance=not args.no_second_chance,
+        landmarks=args.landmarks, expand=args.expand,
         feather=args.feather, mask_shape=args.mask_shape, seed=args.seed,
         cache_dir=None if args.no_cache else str(args.cache_dir or default_cache_dir()),
         gallery_per_identity=args.gallery_per_identity or None,

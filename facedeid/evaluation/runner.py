@@ -107,6 +107,7 @@ class EvalConfig:
     service_crop: str = "haar"
     detector: str = "centerface"
     detector_params: dict = field(default_factory=dict)
+    second_chance: bool = True  # FaceLocator: another detector, turns, 2x before "no face"
     landmarks: str = "dlib68"
     expand: float = 1.3
     feather: float = 0.1
@@ -160,7 +161,7 @@ class Evaluator:
         # One locator for the run: originals, gallery and every method's Anonymizer share it
         # (models load once; every stage sees the same faces).
         self.locator = FaceLocator(config.detector, config.detector_params,
-                                   landmarks=config.landmarks)
+                                   landmarks=config.landmarks, second_chance=config.second_chance)
         self.detector: FaceDetector = self.locator.detector
         self.recognizers: list[FaceRecognizer] = [
             r if isinstance(r, FaceRecognizer) else self._build_recognizer(r)
@@ -173,7 +174,8 @@ class Evaluator:
         # Names how the face of an original was chosen, in the embedding cache's key: entries
         # made under another rule (the old "largest" pick) are never reused.
         self.locator_key = (f"{config.detector}|{sorted(config.detector_params.items())}"
-                            "|locator+main_face")
+                            "|locator+main_face"
+                            + ("" if config.second_chance else "|no-second-chance"))
         self._gallery_embeddings: list[np.ndarray] = []
         self._output_memo: dict[tuple, np.ndarray] = {}
 
