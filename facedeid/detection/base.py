@@ -161,7 +161,7 @@ class FaceDetector(ABC):
         small = [cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images]
         found = self._detect_raw_batch(small)
         factor = np.array([width / size[0], height / size[1]], np.float32)
-        return [[_scaled(face, factor) for face in faces] for faces in found]
+        return [[scale_face(face, factor) for face in faces] for faces in found]
 
     def _detect_tiled(self, image: np.ndarray) -> list[Face]:
         """Full-resolution tiles plus a downscaled overview, merged (see the class docstring)."""
@@ -275,7 +275,12 @@ def _featureless(tile: np.ndarray, spread: int = 6) -> bool:
     return bool((sample.max(axis=(0, 1)).astype(int) - sample.min(axis=(0, 1))).max() <= spread)
 
 
-def _scaled(face: Face, factor: np.ndarray) -> Face:
+def scale_face(face: Face, factor) -> Face:
+    """Scale ``face``'s box and landmarks (in place) by ``factor``: a number or ``(fx, fy)``.
+
+    Maps a detection made on a resized image back to the image's own pixels.
+    """
+    factor = np.broadcast_to(np.asarray(factor, np.float32), (2,))
     face.box = face.box * np.tile(factor, 2)
     if face.landmarks is not None:
         face.landmarks = face.landmarks * factor

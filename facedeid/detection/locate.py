@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .base import Face, FaceDetector, merge_faces
+from .base import Face, FaceDetector, merge_faces, scale_face
 
 LANDMARK_SOURCES = ("dlib68", "dlib5", "box")
 
@@ -133,11 +133,8 @@ class FaceLocator:
         if max(height, width) * 2 > 4096:
             return []
         bigger = cv2.resize(image, (width * 2, height * 2), interpolation=cv2.INTER_CUBIC)
-        faces = self.detector.detect(bigger)
+        faces = [scale_face(face, 0.5) for face in self.detector.detect(bigger)]
         for face in faces:
-            face.box = face.box / 2
-            if face.landmarks is not None:
-                face.landmarks = face.landmarks / 2
             face.extra["found_by"] = f"{self.detector.name} (2x)"
         return faces
 

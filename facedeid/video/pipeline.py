@@ -54,6 +54,7 @@ import av
 import numpy as np
 
 from ..detection import Face
+from ..detection.base import scale_face
 from ..errors import InvalidInputError, InvalidParameterError
 from ..pipeline import Anonymizer
 from .io import VideoInfo, VideoSink, VideoSource, rotate_to_display, rotate_to_storage
@@ -206,13 +207,8 @@ class _FrameSearch:
         height, width = smalls[0].shape[:2]
         found = self.detector.detect_batch(smalls, max_side=max(height, width),
                                            score_threshold=self.floor)
-        factor = np.array([display_size[0] / width, display_size[1] / height], np.float32)
-        for faces in found:
-            for face in faces:
-                face.box = face.box * np.tile(factor, 2)
-                if face.landmarks is not None:
-                    face.landmarks = face.landmarks * factor
-        return found
+        factor = (display_size[0] / width, display_size[1] / height)
+        return [[scale_face(face, factor) for face in faces] for faces in found]
 
     def search_full(self, frame: av.VideoFrame, rotation: int) -> list[Face]:
         """The whole frame at full resolution (the detector tiles it when it is large)."""
