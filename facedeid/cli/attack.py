@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from ..io.images import write_bytes_atomic
 from ..methods.registry import parse_params
 
 HELP = "attack a de-identification method the way an adaptive attacker would"
@@ -86,11 +86,6 @@ def run_restore(args: argparse.Namespace) -> int:
         progress=not args.quiet)
     print(format_report(report))
     out = Path(args.out or f"attack_restore_{args.method}.json")
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"report: {out}")
     return 0

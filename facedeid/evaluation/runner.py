@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ from ..detection import Face, FaceDetector
 from ..detection.locate import FaceLocator, main_face
 from ..errors import FaceDeidError, InvalidParameterError
 from ..io.datasets import FaceDataset, FaceRecord, load_dataset
+from ..io.images import write_bytes_atomic
 from ..methods.registry import format_spec, parse_spec
 from . import privacy, quality
 from .recognizers import EmbeddingCache, FaceRecognizer, create_recognizer, file_digest
@@ -759,9 +761,9 @@ class ServiceCache:
                 arrays[f"n_{name}"] = np.zeros(0)
             else:
                 arrays[f"f_{name}"] = np.asarray(value)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _output_row(output, index: int, total: int) -> dict:

@@ -27,6 +27,7 @@ Run::
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -39,6 +40,7 @@ import numpy as np
 from ..alignment import FaceAligner
 from ..detection.base import Face
 from ..errors import InvalidInputError
+from ..io.images import write_bytes_atomic
 from ..evaluation.restoration_attack import (DEFAULT_SIZE, FACE_FRACTION, Restorer,
                                              checkpoint_path, default_cache_dir,
                                              deidentify_with_faces, load_checkpoint,
@@ -95,13 +97,9 @@ def read_split(root: str | os.PathLike, split: str, limit: int | None = None
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _digest(*parts: Any) -> str:
@@ -220,13 +218,9 @@ def l1_restoration_loss(model, inputs: np.ndarray, targets: np.ndarray, batch: i
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def train_restorer(inputs: np.ndarray, targets: np.ndarray, identities: Sequence[str], key: str,
