@@ -66,6 +66,7 @@ from .detection import Face, FaceDetector, create_detector, merge_faces
 from .detection.base import iou_matrix
 from .detection.locate import FaceLocator
 from .errors import FaceDeidError, InvalidInputError, InvalidParameterError
+from .evaluation.privacy import identity_distance
 
 if TYPE_CHECKING:  # the pipeline calls this module, never the other way round at import time
     from .pipeline import Anonymizer
@@ -455,7 +456,7 @@ class LeakAuditor:
         embeddings = self.recognizer.embed([original] * len(faces) + [output] * len(faces),
                                            boxes + boxes, [original] * (2 * len(faces)))
         before, after = embeddings[:len(faces)], embeddings[len(faces):]
-        distances = _distance(before, after, self.recognizer.metric)
+        distances = identity_distance(before, after, self.recognizer.metric)
         return {id(face): float(d) for face, d in zip(faces, distances)}
 
     def _decide(self, finding: FaceFinding, small: bool, flatness: float) -> None:
@@ -510,8 +511,8 @@ class LeakAuditor:
                 continue
             reference = self.recognizer.embed([original], [box], [original])
             found = self.recognizer.embed([output] * len(again), [f.box + shift for f in again])
-            distance = float(_distance(np.repeat(reference, len(again), 0), found,
-                                       self.recognizer.metric).min())
+            distance = float(identity_distance(np.repeat(reference, len(again), 0), found,
+                                               self.recognizer.metric).min())
             finding.cross_check_distance = distance
             if finding.verdict == "ok" and distance < self.recognizer.threshold:
                 finding.verdict = "leaked-identity"
@@ -644,14 +645,6 @@ class LeakAuditor:
                                            progress=progress))
         bar.close()
         return AuditSummary(reports, self.name)
-
-
-def _distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return 1.0 - (a * b).sum(axis=1)
-    return np.linalg.norm(a - b, axis=1)
 
 
 def _fmt(value: float | None) -> str:
