@@ -21,12 +21,16 @@ import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import FaceDeidError, InvalidParameterError
 from .io.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES, clean_exif,
                         os_error_reason, read_image_pages, to_pil, write_bytes_atomic,
                         write_pages_atomic)
 from .pipeline import Anonymizer
+
+if TYPE_CHECKING:
+    from .video import VideoOptions
 
 log = logging.getLogger(__name__)
 
@@ -408,6 +412,113 @@ def _jsonable(config: dict) -> dict:
     return {key: (list(value) if isinstance(value, tuple) else value) for key, value in config.items()}
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """How every job of a run is processed and written: the same for each job and each engine
+    (plain values, so that a Ray actor receives them as they are).
+
+    Attributes:
+        keep_metadata, keep_gps: copy EXIF (and GPS) into image outputs.
+        write_json: write ``OUTPUT.json`` beside each image output.
+        quality: JPEG/WebP quality.
+        max_pixels: refuse larger images.
+        verify: ``None``, ``"report"`` or ``"fix"``: audit each written output (``--verify``).
+        video: :class:`facedeid.video.VideoOptions` for video jobs (``None``: the defaults);
+            each job's own ``boxes`` file replaces ``boxes_out``.
+    """
+
+    keep_metadata: bool = False
+    keep_gps: bool = False
+    write_json: bool = False
+    quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    verify: str | None = None
+    video: VideoOptions | None = None
+
+
+def build_auditor(settings: JobSettings, anonymizer: Anonymizer):
+    """The ``--verify`` auditor (models loaded once per process), or ``None`` without it."""
+    if not settings.verify:
+        return None
+    from .verify import LeakAuditor
+    return LeakAuditor(anonymizer_detector=anonymizer.detector.name)
+
+
+def process_job(job: Job, anonymizer: Anonymizer, settings: JobSettings, *,
+                protected: set[Path], auditor=None) -> Outcome:
+    """One job of a batch, image or video, audited with ``auditor`` when given: the one loop
+    body every engine runs (the local loop and each Ray actor), so results are identical."""
+    if job.kind == "video":
+        outcome = _anonymize_video_file(job, anonymizer, settings, protected)
+    else:
+        outcome = anonymize_image_file(job, anonymizer, protected=protected,
+                                       keep_metadata=settings.keep_metadata,
+                                       keep_gps=settings.keep_gps, write_json=settings.write_json,
+                                       quality=settings.quality, max_pixels=settings.max_pixels)
+    if auditor is not None and outcome.target:
+        _audit(job, outcome, anonymizer, auditor, settings, protected)
+    return outcome
+
+
+def _anonymize_video_file(job: Job, anonymizer: Anonymizer, settings: JobSettings,
+                          protected: set[Path]) -> Outcome:
+    """One video job; an error of any type fails this video only, never the batch."""
+    import dataclasses
+    try:
+        from .video import VideoOptions, anonymize_video_job
+    except ImportError:
+        return Outcome(str(job.source), None, "failed",
+                       error="video input needs the video pipeline (facedeid.video), not available")
+    # The planner chose and checked this video's boxes file; hand the video code that file.
+    options = dataclasses.replace(settings.video or VideoOptions(),
+                                  boxes_out=Path(job.boxes) if job.boxes else None)
+    try:
+        return anonymize_video_job(job, anonymizer, options, protected=protected)
+    except Exception as error:  # e.g. cv2.error from a method: report, go on with the batch
+        return Outcome(str(job.source), None, "failed", error=f"{type(error).__name__}: {error}")
+
+
+def _audit(job: Job, outcome: Outcome, anonymizer: Anonymizer, auditor, settings: JobSettings,
+           protected: set[Path]) -> None:
+    """``--verify``: audit one written output; ``fix`` mends image leaks; record it all."""
+    from .verify import fix_file, verify_pair
+
+    report = verify_pair(job.source, outcome.target, auditor=auditor)
+    if report.leaked and settings.verify == "fix":
+        before = len(report.leaks)
+        report = fix_file(job.source, outcome.target, report, anonymizer, auditor=auditor,
+                          quality=settings.quality, protected=protected)
+        outcome.warnings.append(f"--verify fix re-anonymized {before} leaked face(s); "
+                                f"{len(report.leaks)} left after the re-audit")
+    outcome.audit = report.to_dict()
+    if report.leaked:
+        frames = sorted({leak.frame for leak in report.leaks if leak.frame is not None})
+        where = f" in frame(s) {frames[:12]}" if frames else ""
+        outcome.warnings.append(f"LEAK: the audit found {len(report.leaks)} face(s) still "
+                                f"visible or recognizable{where}")
+    elif report.status == "error":
+        outcome.warnings.append(f"the audit could not check this output: {report.error}")
+    if settings.write_json and job.kind == "image":
+        _add_audit_to_sidecar(outcome, protected)
+
+
+def _add_audit_to_sidecar(outcome: Outcome, protected: set[Path]) -> None:
+    path = Path(outcome.target).with_name(Path(outcome.target).name + ".json")
+    if not path.is_file():
+        return
+    sidecar = json.loads(path.read_text())
+    sidecar["audit"] = outcome.audit
+    write_bytes_atomic(path, json.dumps(sidecar, indent=2).encode(), protected=protected)
+
+
+def run_jobs(jobs: Sequence[Job], anonymizer: Anonymizer, settings: JobSettings, *,
+             protected: set[Path], auditor=None):
+    """The local engine: every job in order in this process; yields ``(index, outcome)`` as
+    each finishes (the Ray engine yields the same pairs, in the order they finish)."""
+    for index, job in enumerate(jobs):
+        yield index, process_job(job, anonymizer, settings, protected=protected, auditor=auditor)
+
+
 def summarize(outcomes: list[Outcome], *, ignored: dict[str, int] | None = None,
               hidden: int = 0) -> dict:
     """Counts per status, and by name every file a person must check by eye.
@@ -446,5 +557,6 @@ def summarize(outcomes: list[Outcome], *, ignored: dict[str, int] | None = None,
                        if o.audit is not None and o.audit.get("leaked")]}
 
 
-__all__ = ["Job", "Outcome", "BatchPlan", "plan_batch", "plan_jobs", "anonymize_image_file",
-           "summarize", "VIDEO_SUFFIXES"]
+__all__ = ["Job", "Outcome", "BatchPlan", "JobSettings", "plan_batch", "plan_jobs",
+           "anonymize_image_file", "process_job", "run_jobs", "build_auditor", "summarize",
+           "VIDEO_SUFFIXES"]

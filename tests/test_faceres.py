@@ -175,6 +175,18 @@ def test_matches_the_tfjs_runtime_on_ten_inputs(faceres):
     assert np.abs(reference["descriptor"][0] - reference["descriptor"][6]).max() > 0.1
 
 
+def test_onnxruntime_path_matches_the_tfjs_runtime_too(faceres):
+    """analyze() runs the traced graph in ONNX Runtime: same outputs as tfjs within 1e-4."""
+    reference = np.load(REFERENCE)
+    assert faceres.inference_session() is not None  # the fast path is really taken
+    analyzed = faceres.analyze(reference["inputs"], batch_size=4)  # 10 crops: a ragged last batch
+    descriptor = reference["descriptor"].reshape(10, -1)
+    unit = descriptor / np.linalg.norm(descriptor, axis=1, keepdims=True)
+    assert np.abs(analyzed.descriptor.numpy() - unit).max() <= 1e-4
+    assert np.abs(analyzed.male_probability.numpy()
+                  - reference["male_probability"].reshape(10)).max() <= 1e-4
+
+
 def test_forward_is_differentiable_and_agrees_with_the_uint8_path(faceres):
     import torch
 

@@ -222,7 +222,7 @@ def test_methods_command_prints_weakness(capsys):
     assert main(["methods", "pixelate", "--json"]) == 0
     import json
     listing = json.loads(capsys.readouterr().out)["pixelate"]
-    assert listing["params"][0]["safe_max"] == 16 and listing["weakness"] is None
+    assert listing["params"][0]["safe_maximum"] == 16 and listing["weakness"] is None
 
 
 # -- blur: same strength, fraction of the cost ------------------------------------------------

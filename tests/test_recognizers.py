@@ -28,6 +28,29 @@ def test_dlib_embeds_at_known_box(dlib_recognizer, astronaut, astronaut_face):
     assert np.linalg.norm(emb[0] - emb[1]) < dlib_recognizer.threshold
 
 
+def test_dlib_worker_processes_give_the_in_process_embeddings(monkeypatch, astronaut, astronaut_face):
+    """Large calls go to worker processes (dlib holds the GIL); the rows and their order must be
+    exactly what one process computes."""
+    import facedeid.evaluation.recognizers as recognizers
+
+    monkeypatch.setattr(recognizers, "POOL_MIN_CHIPS", 4)
+    images = [astronaut, astronaut[:, ::-1].copy(), astronaut[::-1].copy(), astronaut] * 2
+    flipped = np.array([512 - astronaut_face.box[2], astronaut_face.box[1],
+                        512 - astronaut_face.box[0], astronaut_face.box[3]])
+    upside = np.array([astronaut_face.box[0], 512 - astronaut_face.box[3],
+                       astronaut_face.box[2], 512 - astronaut_face.box[1]])
+    boxes = [astronaut_face.box, flipped, upside, astronaut_face.box] * 2
+    pooled = recognizers.DlibRecognizer(workers=2)
+    try:
+        rows = pooled.embed(images, boxes)
+        assert pooled._pool is not None  # the workers really ran
+    finally:
+        pooled.close()
+    alone = recognizers.DlibRecognizer(workers=1).embed(images, boxes)
+    assert np.array_equal(rows, alone)
+    assert np.abs(rows[0] - rows[2]).max() > 0.01  # rows differ, so order is checked
+
+
 def test_reference_images_locate_landmarks_on_the_original(dlib_recognizer, astronaut, astronaut_face):
     """With the original as reference, a face whose eyes are blacked out is aligned like the
     original, so identical pixels elsewhere give a different result than self-located landmarks."""

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..engines import add_engine_arguments
+from ..errors import InvalidParameterError
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..pipeline import NO_FACE_POLICIES
 from .common import add_detector_arguments, add_method_arguments, build_anonymizer
@@ -32,6 +34,7 @@ examples:
   facedeid anonymize photos/ -o anon/ --method laplace --param lam=0.2 --seed 7
   facedeid anonymize scans/ -o anon/ --no-face obfuscate
   facedeid anonymize celeba/ -o anon/ --expect-faces --verify fix
+  facedeid anonymize celeba/ -o anon/ --engine ray --address 10.0.0.1:6379
 """
 
 
@@ -70,6 +73,7 @@ def register(subparsers) -> None:
     out.add_argument("--summary", metavar="FILE", help="also write the run summary as JSON here")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_video_arguments(parser)
+    add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -115,12 +119,18 @@ def _add_video_arguments(parser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+    from functools import partial
+
     from tqdm import tqdm
 
-    from ..batch import anonymize_image_file, plan_batch, summarize
+    from ..batch import JobSettings, build_auditor, plan_batch, run_jobs, summarize
     from ..io.images import write_bytes_atomic
 
     files, live = _split_live_inputs(args)
+    if args.engine == "ray" and live:
+        raise InvalidParameterError("--engine ray processes files; webcams and streams run "
+                                    "with the local engine")
     # Every path this run writes is checked against every input before any work (exit 2).
     plan = plan_batch(files, args.output, live=live, sidecars=args.json,
                       boxes_out=args.boxes_out, boxes_in=args.boxes_in, summary=args.summary)
@@ -130,27 +140,37 @@ def run(args: argparse.Namespace) -> int:
               + (f" ({ignored} file(s) of unknown type ignored)" if ignored else ""),
               file=sys.stderr)
         return 1
+    # Built here with either engine, so bad method or detector options fail (exit 2) before
+    # any work; the Ray actors build their own from the same options.
     anonymizer = build_anonymizer(args, no_face=args.no_face, expect_faces=args.expect_faces)
-    auditor = _build_auditor(args, anonymizer)
-    outcomes = list(plan.outcomes)
-    progress = tqdm(plan.jobs, unit="file", disable=args.quiet or len(plan.jobs) < 2,
-                    dynamic_ncols=True)
-    for job in progress:
-        progress.set_postfix_str(Path(str(job.source)).name[-30:])
-        if job.kind == "video":
-            outcome = _run_video(job, anonymizer, args, plan.protected)
+    settings = JobSettings(keep_metadata=args.keep_metadata, keep_gps=args.keep_gps,
+                           write_json=args.json, quality=args.quality, max_pixels=args.max_pixels,
+                           verify=args.verify,
+                           video=_video_options(args) if any(job.kind == "video"
+                                                             for job in plan.jobs) else None)
+    job_outcomes = [None] * len(plan.jobs)
+    with ExitStack() as stack:
+        if args.engine == "ray":
+            from ..engines.ray_engine import ray_cluster, run_jobs_on_ray
+            stack.enter_context(ray_cluster(args.address))  # unreachable: exit 2, nothing written
+            finished = run_jobs_on_ray(
+                plan.jobs, partial(build_anonymizer, args, no_face=args.no_face,
+                                   expect_faces=args.expect_faces),
+                settings, protected=plan.protected, num_actors=args.num_actors)
         else:
-            outcome = anonymize_image_file(job, anonymizer, protected=plan.protected,
-                                           keep_metadata=args.keep_metadata, keep_gps=args.keep_gps,
-                                           write_json=args.json, quality=args.quality,
-                                           max_pixels=args.max_pixels)
-        if auditor is not None and outcome.target:
-            _audit(job, outcome, anonymizer, auditor, args, plan.protected)
-        outcomes.append(outcome)
-        if outcome.status == "failed":
-            tqdm.write(f"FAILED  {outcome.source}: {outcome.error}", file=sys.stderr)
-        for warning in outcome.warnings:
-            tqdm.write(f"warning {outcome.source}: {warning}", file=sys.stderr)
+            finished = run_jobs(plan.jobs, anonymizer, settings, protected=plan.protected,
+                                auditor=build_auditor(settings, anonymizer))
+        progress = stack.enter_context(tqdm(total=len(plan.jobs), unit="file", dynamic_ncols=True,
+                                            disable=args.quiet or len(plan.jobs) < 2))
+        for index, outcome in finished:
+            job_outcomes[index] = outcome
+            progress.update()
+            progress.set_postfix_str(Path(outcome.source).name[-30:])
+            if outcome.status == "failed":
+                tqdm.write(f"FAILED  {outcome.source}: {outcome.error}", file=sys.stderr)
+            for warning in outcome.warnings:
+                tqdm.write(f"warning {outcome.source}: {warning}", file=sys.stderr)
+    outcomes = list(plan.outcomes) + job_outcomes  # job order, whichever finished first
     summary = summarize(outcomes, ignored=plan.ignored, hidden=plan.hidden)
     _print_summary(summary, args.output)
     if args.summary:
@@ -163,47 +183,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary["failures"] or summary["unsupported"] or summary["leaked"] else 0
 
 
-def _build_auditor(args, anonymizer):
-    if not args.verify:
-        return None
-    from ..verify import LeakAuditor
-    return LeakAuditor(anonymizer_detector=anonymizer.detector.name)
-
-
-def _audit(job, outcome, anonymizer, auditor, args, protected) -> None:
-    """``--verify``: audit one written output; ``fix`` mends image leaks; record it all."""
-    from ..verify import fix_file, verify_pair
-
-    report = verify_pair(job.source, outcome.target, auditor=auditor)
-    if report.leaked and args.verify == "fix":
-        before = len(report.leaks)
-        report = fix_file(job.source, outcome.target, report, anonymizer, auditor=auditor,
-                          quality=args.quality, protected=protected)
-        outcome.warnings.append(f"--verify fix re-anonymized {before} leaked face(s); "
-                                f"{len(report.leaks)} left after the re-audit")
-    outcome.audit = report.to_dict()
-    if report.leaked:
-        frames = sorted({leak.frame for leak in report.leaks if leak.frame is not None})
-        where = f" in frame(s) {frames[:12]}" if frames else ""
-        outcome.warnings.append(f"LEAK: the audit found {len(report.leaks)} face(s) still "
-                                f"visible or recognizable{where}")
-    elif report.status == "error":
-        outcome.warnings.append(f"the audit could not check this output: {report.error}")
-    if args.json and job.kind == "image":
-        _add_audit_to_sidecar(outcome, protected)
-
-
-def _add_audit_to_sidecar(outcome, protected) -> None:
-    from ..io.images import write_bytes_atomic
-
-    path = Path(outcome.target).with_name(Path(outcome.target).name + ".json")
-    if not path.is_file():
-        return
-    sidecar = json.loads(path.read_text())
-    sidecar["audit"] = outcome.audit
-    write_bytes_atomic(path, json.dumps(sidecar, indent=2).encode(), protected=protected)
-
-
 def _split_live_inputs(args) -> tuple[list[str], list[str]]:
     """Webcam indices and stream URLs are not files: keep them out of the file walk."""
     from ..video.io import is_live_source
@@ -212,32 +191,17 @@ def _split_live_inputs(args) -> tuple[list[str], list[str]]:
     return [item for item in args.inputs if item not in live], live
 
 
-def _video_options(args, job):
-    """The video group's options as :class:`~facedeid.video.VideoOptions` for one job."""
+def _video_options(args):
+    """The video group's options as :class:`~facedeid.video.VideoOptions` (each job's own
+    ``--boxes-out`` file is filled in by :func:`facedeid.batch.process_job`)."""
     from ..video import VideoOptions
 
     return VideoOptions(
         every=args.every, det_scale=args.det_scale or None, full_every=args.full_every,
         threshold=args.video_threshold, max_gap=args.max_gap, codec=args.codec, crf=args.crf,
         preset=args.preset, audio=not args.no_audio,
-        # The planner chose and checked this video's boxes file; hand the video code that file.
-        boxes_out=Path(job.boxes) if job.boxes else None,
         boxes_in=Path(args.boxes_in) if args.boxes_in else None,
         progress=not args.quiet, max_frames=args.max_frames)
-
-
-def _run_video(job, anonymizer, args, protected):
-    """One video job; an error of any type fails this video only, never the batch."""
-    from ..batch import Outcome
-    try:
-        from ..video import anonymize_video_job
-    except ImportError:
-        return Outcome(str(job.source), None, "failed",
-                       error="video input needs the video pipeline (facedeid.video), not available")
-    try:
-        return anonymize_video_job(job, anonymizer, _video_options(args, job), protected=protected)
-    except Exception as error:  # e.g. cv2.error from a method: report, go on with the batch
-        return Outcome(str(job.source), None, "failed", error=f"{type(error).__name__}: {error}")
 
 
 def _print_summary(summary: dict, output: str) -> None:

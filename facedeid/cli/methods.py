@@ -23,16 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
     classes = {args.name: method_class(args.name)} if args.name else available_methods()
     if args.json:
-        print(json.dumps({name: {"summary": cls.summary, "space": cls.space, "reference": cls.reference,
-                                 "params": [{"name": p.name, "type": p.type.__name__,
-                                             "default": p.default, "help": p.help, "min": p.minimum,
-                                             "max": p.maximum, "safe_min": p.safe_min,
-                                             "safe_max": p.safe_max,
-                                             "safe_values": list(p.safe_values),
-                                             "choices": list(p.choices) if p.choices else None}
-                                            for p in cls.params],
-                                 "weakness": cls.weakness or None}
-                          for name, cls in classes.items()}, indent=2, default=str))
+        from ..methods.catalog import describe_method
+        print(json.dumps({name: describe_method(cls) for name, cls in classes.items()}, indent=2))
         return 0
     for name, cls in classes.items():
         print(f"{name:16s} {cls.summary}")

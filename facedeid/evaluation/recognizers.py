@@ -77,18 +77,31 @@ class DlibRecognizer(FaceRecognizer):
     Faces are aligned the way the model was trained: 5-point landmarks from dlib's shape
     predictor at the known box, then ``dlib.get_face_chip`` (150 px, padding 0.25), and the
     chips go through ``compute_face_descriptor`` in batches.
+
+    dlib holds the GIL for a whole descriptor call (measured: the main thread stalls for
+    every face), so threads cannot spread it over cores. Large calls (at least
+    :data:`POOL_MIN_CHIPS` chips) therefore go to ``workers`` processes, each loading the
+    network once; chips are cut in this process (cheap) and only they are sent.
+
+    Args:
+        batch_size: chips per ``compute_face_descriptor`` call.
+        jitter: dlib's ``num_jitters`` (0 = one pass per chip).
+        workers: descriptor processes for large calls (default: the machine's cores; 1 = all
+            in this process).
     """
 
     name = "dlib"
     metric = "euclidean"
     threshold = 0.6
 
-    def __init__(self, batch_size: int = 64, jitter: int = 0):
+    def __init__(self, batch_size: int = 64, jitter: int = 0, workers: int | None = None):
         import dlib
 
         self._dlib = dlib
         self.batch_size = int(batch_size)
         self.jitter = int(jitter)
+        self.workers = max(1, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+        self._pool = None
         if self.jitter:
             self.name = f"dlib-jitter{self.jitter}"
         self._predictor = dlib.shape_predictor(str(asset_path("dlib_landmarks5")))
@@ -116,11 +129,57 @@ class DlibRecognizer(FaceRecognizer):
         chips = self.chips(images, boxes, reference_images)
         if not chips:
             return np.zeros((0, 128), np.float32)
-        rows = []
-        for start in range(0, len(chips), self.batch_size):
-            batch = chips[start:start + self.batch_size]
-            rows.extend(self._model.compute_face_descriptor(batch, num_jitters=self.jitter))
-        return np.asarray(rows, dtype=np.float32).reshape(len(chips), 128)
+        batches = [chips[start:start + self.batch_size]
+                   for start in range(0, len(chips), self.batch_size)]
+        if self.workers > 1 and len(chips) >= POOL_MIN_CHIPS:
+            # smaller batches so that every worker gets a share
+            share = -(-len(chips) // self.workers)
+            batches = [chips[start:start + share] for start in range(0, len(chips), share)]
+            described = list(self._worker_pool().map(_describe_chips, batches,
+                                                     [self.jitter] * len(batches)))
+        else:
+            described = [_describe_chips(batch, self.jitter, self._model) for batch in batches]
+        return np.concatenate(described).astype(np.float32).reshape(len(chips), 128)
+
+    def _worker_pool(self):
+        if self._pool is None:
+            import atexit
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork, not spawn: spawn re-runs the caller's main module, which breaks scripts
+            # without an `if __name__ == "__main__"` guard. The children only run dlib, never
+            # the parent's ONNX Runtime or PyTorch thread pools.
+            self._pool = ProcessPoolExecutor(self.workers,
+                                             mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_load_worker_model,
+                                             initargs=(str(asset_path("dlib_recognizer")),))
+            atexit.register(self.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the descriptor processes (they also stop when this process exits)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+#: calls with fewer chips stay in this process: starting the workers (~1-2 s) would not pay off
+POOL_MIN_CHIPS = 128
+_WORKER_MODEL = None
+
+
+def _load_worker_model(model_path: str) -> None:
+    global _WORKER_MODEL
+    import dlib
+    _WORKER_MODEL = dlib.face_recognition_model_v1(model_path)
+
+
+def _describe_chips(chips: list[np.ndarray], jitter: int, model=None) -> np.ndarray:
+    """``(N, 128)`` descriptors of aligned chips (in a worker: with the worker's model)."""
+    model = _WORKER_MODEL if model is None else model
+    rows = model.compute_face_descriptor(chips, num_jitters=jitter)
+    return np.asarray(rows, dtype=np.float32).reshape(len(chips), 128)
 
 
 class OnnxRecognizer(FaceRecognizer):

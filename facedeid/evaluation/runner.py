@@ -148,6 +148,49 @@ def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
+class MethodStage:
+    """The method stage of an evaluation: every probe's *known* face de-identified through the
+    same :class:`~facedeid.pipeline.Anonymizer` as ``facedeid anonymize``.
+
+    It holds only the face locator (no attackers, services or caches), so it can run anywhere
+    the data is: the :class:`Evaluator` owns one, and the Ray engine builds one per actor from
+    the run's config.
+    """
+
+    def __init__(self, config: EvalConfig, locator: FaceLocator | None = None):
+        self.config = config
+        self.locator = locator or FaceLocator(config.detector, config.detector_params,
+                                              landmarks=config.landmarks,
+                                              second_chance=config.second_chance)
+
+    def anonymizer(self, spec: MethodSpec, seed: int | None = None):
+        from ..pipeline import Anonymizer
+        c = self.config
+        # allow_weak: measuring how weak a setting is is the evaluator's job, so it never refuses
+        return Anonymizer(method=spec.method, method_params=dict(spec.params),
+                          detector=self.locator, landmarks=c.landmarks, expand=c.expand,
+                          feather=c.feather, mask_shape=c.mask_shape, no_face="keep",
+                          seed=c.seed if seed is None else seed, allow_weak=True)
+
+    def anonymize_all(self, spec: MethodSpec, probes: list[Probe], seed: int | None = None,
+                      desc: str | None = None, anonymizer=None):
+        """De-identify each probe's known face: ``(outputs, ok indices, failures)``."""
+        anonymizer = anonymizer or self.anonymizer(spec, seed)
+        outputs, ok, failures = [], [], []
+        for i, probe in enumerate(_progress(probes, self.config.progress,
+                                            desc=(desc or spec.title)[:24], unit="img")):
+            face = Face(box=probe.face.box.copy(), score=probe.face.score,
+                        landmarks=None if probe.face.landmarks is None else probe.face.landmarks.copy())
+            image = probe.image if probe.image is not None else probe.record.load()
+            try:
+                result = anonymizer.anonymize(image, faces=[face])
+                outputs.append(result.image)
+                ok.append(i)
+            except Exception as error:  # noqa: BLE001 - any method bug is one image's failure
+                failures.append({"file": probe.record.name, "error": f"{type(error).__name__}: {error}"})
+        return outputs, ok, failures
+
+
 class Evaluator:
     """Holds the models of one run; :meth:`run` evaluates several method specs on one dataset.
 
@@ -165,6 +208,7 @@ class Evaluator:
         self.locator = FaceLocator(config.detector, config.detector_params,
                                    landmarks=config.landmarks, second_chance=config.second_chance)
         self.detector: FaceDetector = self.locator.detector
+        self.method_stage = MethodStage(config, self.locator)
         self.recognizers: list[FaceRecognizer] = [
             r if isinstance(r, FaceRecognizer) else self._build_recognizer(r)
             for r in config.recognizers]
@@ -181,6 +225,17 @@ class Evaluator:
         self._gallery_embeddings: list[np.ndarray] = []
         self._output_memo: dict[tuple, np.ndarray] = {}
 
+    def _per_recognizer(self, work: Callable[[int, FaceRecognizer], Any]) -> list:
+        """``[work(k, recognizer) for each recognizer]``, the recognizers side by side in
+        threads: faceres (ONNX Runtime) and the surrogate (PyTorch) release the GIL, and dlib
+        hands its large batches to worker processes, so two attackers cost about one."""
+        if len(self.recognizers) < 2:
+            return [work(k, r) for k, r in enumerate(self.recognizers)]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(self.recognizers), thread_name_prefix="recognizer") as pool:
+            futures = [pool.submit(work, k, r) for k, r in enumerate(self.recognizers)]
+            return [future.result() for future in futures]
+
     def _build_recognizer(self, name: str) -> FaceRecognizer:
         params = self.config.recognizer_params.get(name, {})
         if name == "faceres" and "age_gender" in self.config.services:
@@ -191,13 +246,7 @@ class Evaluator:
 
     # -- originals ----------------------------------------------------------------------------
     def _anonymizer(self, spec: MethodSpec, seed: int | None = None):
-        from ..pipeline import Anonymizer
-        c = self.config
-        # allow_weak: measuring how weak a setting is is the evaluator's job, so it never refuses
-        return Anonymizer(method=spec.method, method_params=dict(spec.params),
-                          detector=self.locator, landmarks=c.landmarks, expand=c.expand,
-                          feather=c.feather, mask_shape=c.mask_shape, no_face="keep",
-                          seed=c.seed if seed is None else seed, allow_weak=True)
+        return self.method_stage.anonymizer(spec, seed)
 
     def attacker_marks(self, method) -> dict[str, str]:
         """``{recognizer name: "independent" | "seen in training"}`` for a built method."""
@@ -264,7 +313,7 @@ class Evaluator:
             self._gallery_embeddings = []
             return [], {"size": 0, "note": "dataset has no identities"}
         if original_embeddings is None:
-            original_embeddings = [self.embed_originals(r, probes) for r in self.recognizers]
+            original_embeddings = self._per_recognizer(lambda k, r: self.embed_originals(r, probes))
         full = load_dataset(dataset_name, split="all", data_root=c.data_root)
         probe_index = {p.record.path: i for i, p in enumerate(probes)}
         outside, inside = [], []
@@ -307,7 +356,8 @@ class Evaluator:
                 no_face += 1
                 continue
             fresh.append(Probe(record, image, face, digest, record.identity))
-        embeddings_fresh = [self.embed_originals(r, fresh) for r in self.recognizers] if fresh else []
+        embeddings_fresh = self._per_recognizer(lambda k, r: self.embed_originals(r, fresh)) \
+            if fresh else []
         for i, probe in enumerate(fresh):
             entries.append((probe, [e[i] for e in embeddings_fresh]))
         entries.sort(key=lambda e: str(e[0].record.path))
@@ -327,20 +377,7 @@ class Evaluator:
     def anonymize_all(self, spec: MethodSpec, probes: list[Probe], seed: int | None = None,
                       desc: str | None = None, anonymizer=None):
         """De-identify each probe's known face: ``(outputs, ok indices, failures)``."""
-        anonymizer = anonymizer or self._anonymizer(spec, seed)
-        outputs, ok, failures = [], [], []
-        for i, probe in enumerate(_progress(probes, self.config.progress,
-                                            desc=(desc or spec.title)[:24], unit="img")):
-            face = Face(box=probe.face.box.copy(), score=probe.face.score,
-                        landmarks=None if probe.face.landmarks is None else probe.face.landmarks.copy())
-            image = probe.image if probe.image is not None else probe.record.load()
-            try:
-                result = anonymizer.anonymize(image, faces=[face])
-                outputs.append(result.image)
-                ok.append(i)
-            except Exception as error:  # noqa: BLE001 - any method bug is one image's failure
-                failures.append({"file": probe.record.name, "error": f"{type(error).__name__}: {error}"})
-        return outputs, ok, failures
+        return self.method_stage.anonymize_all(spec, probes, seed, desc, anonymizer)
 
     def privacy_metrics(self, recognizer_index: int, originals: np.ndarray, anonymized: np.ndarray,
                         probes: list[Probe], gallery: list[Probe],
@@ -459,8 +496,8 @@ class Evaluator:
         link_sources = [g if g.image is not None else dataclasses.replace(g, image=g.record.load())
                         for g, _ in link_entries]
         ids, keys = [p.identity for p in probes], [p.digest for p in probes]
-        figures = {}
-        for k, recognizer in enumerate(self.recognizers):
+
+        def attack(k: int, recognizer: FaceRecognizer) -> dict:
             probe_rows = anonymized[k]
             own_gallery = self._embed_outputs(recognizer, own_outputs, own_sources, None, own_ok,
                                               len(probes))
@@ -486,7 +523,9 @@ class Evaluator:
                                           gallery_keys=[g.digest for g, _ in link_entries],
                                           unprotected=unprotected)
                 entry["rank1_linking"] = float(hits.mean()) if hits.size else float("nan")
-            figures[recognizer.name] = entry
+            return entry
+
+        figures = dict(zip((r.name for r in self.recognizers), self._per_recognizer(attack)))
         info = {"seed": seed, "gallery_own": len(own_ok), "gallery_linking": len(link_entries),
                 "gallery_failures": len(own_failures) + len(out_failures)}
         return figures, info
@@ -505,10 +544,11 @@ class Evaluator:
                                                  for r, o in zip(restored, outputs)):
             raise FaceDeidError("the restorer must return one image of the same shape per output")
         figures = {}
+        restored_rows = self._per_recognizer(lambda k, r: self._embed_outputs(
+            r, list(restored), kept, original_embeddings[k], ok, len(probes)))
         for k, recognizer in enumerate(self.recognizers):
-            rows = self._embed_outputs(recognizer, list(restored), kept, original_embeddings[k], ok,
-                                       len(probes))
-            full = self.privacy_metrics(k, original_embeddings[k], rows, probes, gallery, unprotected)
+            full = self.privacy_metrics(k, original_embeddings[k], restored_rows[k], probes,
+                                        gallery, unprotected)
             figures[recognizer.name] = {key: full[key] for key in
                                         ("sdr", "rank1_own_gallery", "rank1_linking",
                                          "identity_distance_mean")}
@@ -539,7 +579,7 @@ class Evaluator:
             raise FaceDeidError(f"no usable faces in {dataset.name} ({dataset_info['records']} "
                                 f"images, {dataset_info['excluded_no_face']} without a detected face)")
         t0 = time.perf_counter()
-        original_embeddings = [self.embed_originals(r, probes) for r in self.recognizers]
+        original_embeddings = self._per_recognizer(lambda k, r: self.embed_originals(r, probes))
         timings["embed_originals_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gallery, gallery_info = self.linking_gallery(c.dataset, probes, original_embeddings)
@@ -582,12 +622,11 @@ class Evaluator:
                                               for i in range(sample_count)]
             row["privacy"] = {}
             row["embedding_frechet_distance"] = {}
-            anonymized_rows = []
             t1 = time.perf_counter()
+            anonymized_rows = self._per_recognizer(lambda k, r: self._embed_outputs(
+                r, outputs, kept, original_embeddings[k], ok, len(probes)))
             for k, recognizer in enumerate(self.recognizers):
-                rows_k = self._embed_outputs(recognizer, outputs, kept, original_embeddings[k], ok,
-                                             len(probes))
-                anonymized_rows.append(rows_k)
+                rows_k = anonymized_rows[k]
                 row["privacy"][recognizer.name] = dict(
                     self.privacy_metrics(k, original_embeddings[k], rows_k, probes, gallery,
                                          unprotected), attacker=marks[recognizer.name])
