@@ -1,21 +1,32 @@
-"""Video benchmark: facedeid vs ``deface==1.5.0`` on the same clips, machine and run.
+"""Video benchmark: facedeid vs ``deface==1.5.0`` and a plain transcode, same clips, same run.
 
-What it measures (see ``docs/benchmarks.md`` for results and the exact command):
+What it measures (results and the exact command: ``docs/benchmarks.md``, "Video throughput
+(issue 18)"):
 
-* **Throughput** (median over ``--repeats`` runs, each with the 1-minute load average
-  after it, since the machine may be shared; frames per wall-clock second, decode → detect
-  → anonymize → encode, files in and out) of deface with its defaults (CenterFace at full
-  resolution on every frame, threshold 0.2, blur, libx264 through imageio-ffmpeg) and of facedeid with its video
-  defaults, on one real clip resized to 640x360, 1280x720 and 1920x1080; plus facedeid with
-  mosaic with x264 ``ultrafast`` at 1280x720 (speed / file size trade-off).
-* **Face recall** of both against an independent reference: dlib's MMOD CNN detector
-  (upsample 1) on every ``--ref-every``-th frame of the *native* clip, boxes scaled to each
-  size. A reference face counts as found when >= 70 % of its box lies inside the tool's
-  anonymized region (each tool's own mask geometry: deface's ellipse in the box grown by
-  its mask scale, facedeid's ellipse in the box times ``expand``).
-* **Audio**: the facedeid outputs' audio packets compared byte for byte with the input's.
-* **Memory**: resident set size of a facedeid process sampled every 0.5 s over the longest
-  clip (people_walking_away, 2 min 19 s).
+* **Throughput** of three tools on each clip, run in turn within each repeat (so every ratio
+  compares runs made under about the same load): a plain PyAV decode → ``libx264 -preset
+  ultrafast`` transcode (the floor), facedeid with its video defaults (mosaic, and blur), and
+  deface with its CLI defaults (CenterFace at full resolution on every frame, threshold 0.2,
+  blur, libx264 through imageio-ffmpeg). Each run reports its **start-up** (from the call,
+  model loading included, to the first frame written) apart from its **steady-state**
+  frames/s (the frames after the first, over the time after the first), plus CPU ms per
+  frame (user + system of this process and its ffmpeg children). Medians over ``--repeats``
+  runs, with the spread (min-max).
+* **Load**: the 1-minute load average before and after every run; a run that starts or ends
+  above ``--max-load`` is flagged (``loaded``) and, with ``--retries``, run again (up to that
+  many times) in the hope of a quieter minute.
+* **Clips** (built once in ``--workdir``, >= 600 frames by default): the 275 frames of
+  ``two_faces_640x360.mp4`` (with its AAC audio) looped to length, resized with Lanczos to
+  640x360 and 1280x720; and a 3840x2160 clip of the same scene with six CelebA faces 32-80 px
+  wide pasted on every frame (``tests/leak_cases.py``), to check small faces at 4K.
+* **Face recall** against references on the native clip (dlib's MMOD CNN, and CenterFace at
+  0.5 on the frame upscaled 3x), on every ``--ref-every``-th frame: a reference face counts
+  as found when >= 70 % of its box lies in the tool's anonymized region. At 4K also the pasted
+  small faces: a face is *left* when its box changed by <= 12 grey levels on average.
+* **Output**: size against deface's, audio packets byte for byte against the input's,
+  colour description (primaries, transfer, matrix, range) and stream tags against the input's.
+* ``--encoder-curve``: size and CPU of plain transcodes at several x264 presets / crf on the
+  1280x720 clip, against deface's output (how the encoder defaults were chosen).
 
 Run from the repo root:  ``python benchmarks/video.py`` (``--help`` for options).
 """
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,67 +47,105 @@ import av
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.leak_cases builds the 4K clip's small faces
 VIDEO_DIR = REPO.parent / "shared" / "data" / "video"
-SIZES = ((640, 360), (1280, 720), (1920, 1080))
 COVERED = 0.7  # fraction of a reference box inside the anonymized region to count as found
+SMALL_FACE_WIDTHS = (32, 40, 48, 64, 72, 80)  # pasted into the 4K clip
 
 
-def resize_clip(source: Path, target: Path, size: tuple[int, int], frames: int) -> None:
-    """First ``frames`` frames of ``source`` scaled to ``size`` (near-lossless), audio copied."""
-    if target.exists():
-        return
-    with av.open(str(source)) as probe:  # start at t=0: deface (imageio) pads a late start
-        start = next(probe.decode(video=0)).time
+# -- clips -------------------------------------------------------------------------------------
+def build_clip(source: Path, target: Path, size: tuple[int, int], frames: int,
+               small_faces: bool = False) -> dict:
+    """``source`` looped to ``frames`` frames, scaled to ``size`` (x264 crf 14), audio looped.
+
+    The loop restarts at the first frame (a cut, as in edited footage); each pass's audio
+    packets are copied unchanged with their timestamps shifted. ``small_faces`` pastes six
+    CelebA faces of :data:`SMALL_FACE_WIDTHS` px into every frame (still, spread over the
+    frame); their boxes are returned (``{"small_faces": [[x0, y0, x1, y1], ...]}``).
+    """
+    meta_path = target.with_suffix(".json")
+    if target.exists() and meta_path.exists():
+        return json.loads(meta_path.read_text())
+    overlay = boxes = None
+    if small_faces:
+        from tests import leak_cases
+
+        overlay = np.zeros((size[1], size[0], 3), np.uint8)
+        boxes = []
+        for index, (path, width) in enumerate(zip(leak_cases.celeba_files(6, offset=3),
+                                                  SMALL_FACE_WIDTHS)):
+            x = int(size[0] * (0.08 + (index % 3) * 0.31))
+            y = int(size[1] * (0.15 + (index // 3) * 0.55))
+            boxes.append(leak_cases.paste_face(overlay, leak_cases.read_rgb(path), x, y, width))
+        pasted = overlay.any(axis=2)
     with av.open(str(source)) as src:
         video = src.streams.video[0]
+        rate, time_base = video.average_rate, video.time_base
+        native = [frame for frame in src.decode(video)]  # 640x360 x 275: small
+    with av.open(str(source)) as src:
+        audio_packets = [(bytes(p), p.pts, p.dts, p.duration, p.time_base)
+                         for p in src.demux(src.streams.audio[0]) if p.size and p.dts is not None] \
+            if src.streams.audio else []
+        audio_template = src.streams.audio[0] if src.streams.audio else None
+        start = native[0].time
         tmp = target.with_suffix(".part.mp4")
         out = av.open(str(tmp), "w")
-        stream = out.add_stream("libx264", rate=video.average_rate)
+        stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.time_base = stream.codec_context.time_base = video.time_base
+        stream.time_base = stream.codec_context.time_base = time_base
         stream.codec_context.options = {"crf": "14", "preset": "veryfast"}
-        audio = {s.index: out.add_stream_from_template(s) for s in src.streams.audio}
-        end_time = None
-        count = 0
-        for packet in src.demux(video, *src.streams.audio):
-            if packet.stream.type == "audio":
-                if packet.dts is None or not packet.size:
+        stream.codec_context.color_primaries = stream.codec_context.color_trc = 1  # BT.709
+        stream.codec_context.colorspace = 1
+        stream.metadata["language"] = "eng"
+        audio_out = out.add_stream_from_template(audio_template) if audio_template else None
+        if audio_out is not None:
+            audio_out.metadata["language"] = "eng"
+        pass_seconds = len(native) / float(rate)
+        passes = -(-frames // len(native))
+        end_seconds = frames / float(rate)
+        for loop in range(passes):  # audio of each pass first: the muxer interleaves
+            for data, pts, dts, duration, base in audio_packets if audio_out is not None else ():
+                offset = float(pts * base) - start  # seconds into the pass
+                if not 0 <= offset < pass_seconds or loop * pass_seconds + offset >= end_seconds:
                     continue
-                shift = int(round(start / packet.time_base))
-                if packet.pts - shift < 0 or (end_time is not None
-                                              and packet.pts * packet.time_base > end_time):
-                    continue
-                packet.pts -= shift
-                packet.dts -= shift
-                packet.stream = audio[packet.stream.index]
+                shift = int(round((loop * pass_seconds - start) / base))
+                packet = av.Packet(data)
+                packet.pts, packet.dts, packet.duration = pts + shift, dts + shift, duration
+                packet.time_base = base
+                packet.stream = audio_out
                 out.mux(packet)
-                continue
-            for frame in packet.decode():
-                if count >= frames:
-                    end_time = end_time or frame.time - start
-                    continue
-                scaled = frame.reformat(width=size[0], height=size[1], format="yuv420p",
-                                        interpolation="LANCZOS")
-                scaled.pts = frame.pts - int(round(start / frame.time_base))
-                scaled.time_base = frame.time_base
+            for index, frame in enumerate(native):
+                number = loop * len(native) + index
+                if number >= frames:
+                    break
+                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                     interpolation="LANCZOS").to_ndarray()
+                if overlay is not None:
+                    rgb[pasted] = overlay[pasted]
+                scaled = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                scaled.pts = int(round((number / float(rate)) / time_base))
+                scaled.time_base = time_base
                 out.mux(stream.encode(scaled))
-                count += 1
         out.mux(stream.encode(None))
         out.close()
         tmp.rename(target)
+    meta = {"frames": frames, "native_frames": len(native),
+            "small_faces": [b.tolist() for b in boxes] if boxes else []}
+    meta_path.write_text(json.dumps(meta))
+    return meta
 
 
-def reference_faces(source: Path, frames: int, every: int, cache: Path) -> dict[str, dict]:
+def reference_faces(source: Path, every: int, cache: Path) -> dict[str, dict]:
     """Reference boxes on every ``every``-th native frame, normalised to [0, 1] coordinates.
 
     Two references, reported separately: ``dlib-cnn`` (MMOD CNN, upsample 1; a different
     model from both tools, weak on faces under ~40 px) and ``centerface-3x`` (CenterFace at
-    threshold 0.5 on the frame upscaled 3x, i.e. full resolution of the 1920x1080 clip; the
-    same network deface and facedeid use, so it favours whoever detects at full size).
+    threshold 0.5 on the frame upscaled 3x; the same network deface and facedeid use, so it
+    favours whoever detects at full size).
     """
     if cache.exists():
         data = json.loads(cache.read_text())
-        if data.get("frames") == frames and data.get("every") == every:
+        if data.get("every") == every:
             return {name: {int(k): v for k, v in boxes.items()} for name, boxes in data["boxes"].items()}
     import cv2
 
@@ -106,8 +156,6 @@ def reference_faces(source: Path, frames: int, every: int, cache: Path) -> dict[
     boxes: dict[str, dict[int, list]] = {name: {} for name in detectors}
     with av.open(str(source)) as container:
         for index, frame in enumerate(container.decode(video=0)):
-            if index >= frames:
-                break
             if index % every:
                 continue
             image = frame.to_ndarray(format="rgb24")
@@ -118,12 +166,11 @@ def reference_faces(source: Path, frames: int, every: int, cache: Path) -> dict[
                 boxes[name][index] = [[float(f.box[0] / w), float(f.box[1] / h),
                                        float(f.box[2] / w), float(f.box[3] / h)]
                                       for f in detector.detect(scaled)]
-            print(f"  reference frame {index}: " + ", ".join(
-                f"{name} {len(boxes[name][index])}" for name in boxes), flush=True)
-    cache.write_text(json.dumps({"frames": frames, "every": every, "boxes": boxes}))
+    cache.write_text(json.dumps({"every": every, "boxes": boxes}))
     return boxes
 
 
+# -- coverage ----------------------------------------------------------------------------------
 def ellipse_mask(shape: tuple[int, int], regions: list[np.ndarray]) -> np.ndarray:
     """Union of filled ellipses inscribed in ``regions`` (x0, y0, x1, y1) → ``(H, W)`` bool."""
     height, width = shape
@@ -137,22 +184,44 @@ def ellipse_mask(shape: tuple[int, int], regions: list[np.ndarray]) -> np.ndarra
     return mask
 
 
-def recall(reference: dict[int, list], regions: dict[int, list[np.ndarray]],
-           size: tuple[int, int]) -> tuple[float, int]:
-    """Share of reference faces with >= COVERED of their box inside the anonymized region."""
+def recall(reference: dict[int, list], regions: dict[int, list[np.ndarray]], size: tuple[int, int],
+           frames: int, native_frames: int) -> tuple[float, int]:
+    """Share of reference faces with >= COVERED of their box inside the anonymized region.
+
+    Frame ``i`` of a looped clip shows native frame ``i % native_frames``.
+    """
     width, height = size
     found = total = 0
-    for index, boxes in reference.items():
+    for index in range(frames):
+        boxes = reference.get(index % native_frames)
+        if boxes is None:
+            continue
         mask = ellipse_mask((height, width), regions.get(index, []))
         for box in boxes:
             x0, y0, x1, y1 = (np.array(box) * [width, height, width, height]).round().astype(int)
-            x0, y0 = max(x0, 0), max(y0, 0)
-            window = mask[y0:y1, x0:x1]
+            window = mask[max(y0, 0):y1, max(x0, 0):x1]
             total += 1
             found += bool(window.size and window.mean() >= COVERED)
     return (found / total if total else float("nan")), total
 
 
+def small_faces_left(source: Path, output: Path, boxes: list, every: int) -> tuple[int, int]:
+    """Pasted faces left visibly unchanged in ``output`` on every ``every``-th frame."""
+    from tests import leak_cases
+
+    left = checked = 0
+    with av.open(str(source)) as a, av.open(str(output)) as b:
+        for index, (before, after) in enumerate(zip(a.decode(video=0), b.decode(video=0))):
+            if index % every:
+                continue
+            before, after = before.to_ndarray(format="rgb24"), after.to_ndarray(format="rgb24")
+            for box in boxes:
+                checked += 1
+                left += not leak_cases.region_changed(before, after, np.array(box))
+    return left, checked
+
+
+# -- the tools ---------------------------------------------------------------------------------
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its waited-for children (imageio's ffmpeg)."""
     import resource
@@ -161,13 +230,55 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_deface(source: Path, target: Path) -> tuple[float, float, int, dict[int, list[np.ndarray]]]:
+class FrameClock:
+    """Times a run: call start, each frame written, end → start-up and steady-state fps."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.cpu = cpu_seconds()
+        self.stamps: list[float] = []
+
+    def tick(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def result(self) -> dict:
+        ended, cpu = time.perf_counter(), cpu_seconds() - self.cpu
+        frames = len(self.stamps)
+        first = self.stamps[0] if self.stamps else ended
+        return {"frames": frames, "seconds": ended - self.started,
+                "startup_s": first - self.started,
+                "steady_fps": (frames - 1) / (ended - first) if frames > 1 and ended > first else 0.0,
+                "fps": frames / (ended - self.started),
+                "cpu_ms_per_frame": 1000 * cpu / max(frames, 1)}
+
+
+def run_transcode(source: Path, target: Path) -> tuple[dict, dict]:
+    """The floor: PyAV decode → libx264 ultrafast (x264's default crf 23), no audio."""
+    clock = FrameClock()
+    with av.open(str(source)) as src, av.open(str(target), "w") as out:
+        video = src.streams.video[0]
+        video.thread_type = "AUTO"
+        stream = out.add_stream("libx264", rate=video.average_rate)
+        stream.width, stream.height = video.codec_context.width, video.codec_context.height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = video.time_base
+        stream.codec_context.options = {"preset": "ultrafast"}
+        stream.thread_type = "AUTO"
+        for frame in src.decode(video):
+            out.mux(stream.encode(frame))
+            clock.tick()
+        out.mux(stream.encode(None))
+    return clock.result(), {}
+
+
+def run_deface(source: Path, target: Path) -> tuple[dict, dict]:
     """deface's video path with its CLI defaults, in-process; records its anonymized regions."""
     import deface.deface as deface_module
     from deface.centerface import CenterFace
 
     regions: dict[int, list[np.ndarray]] = {}
     original = deface_module.anonymize_frame
+    clock = FrameClock()
 
     def recording(dets, frame, mask_scale, *args, **kwargs):
         boxes = []
@@ -176,32 +287,43 @@ def run_deface(source: Path, target: Path) -> tuple[float, float, int, dict[int,
             boxes.append(np.array([max(0, x0), max(0, y0), min(frame.shape[1] - 1, x1),
                                    min(frame.shape[0] - 1, y1)], np.float32))
         regions[len(regions)] = boxes
-        return original(dets, frame, mask_scale, *args, **kwargs)
+        result = original(dets, frame, mask_scale, *args, **kwargs)
+        clock.tick()
+        return result
 
     deface_module.anonymize_frame = recording
     try:
-        started, cpu = time.perf_counter(), cpu_seconds()
         centerface = CenterFace(in_shape=None, backend="auto")
         deface_module.video_detect(
             ipath=str(source), opath=str(target), centerface=centerface, threshold=0.2,
             enable_preview=False, cam=False, nested=False, replacewith="blur", mask_scale=1.3,
             ellipse=True, draw_scores=False, ffmpeg_config={"codec": "libx264"})
-        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
         deface_module.anonymize_frame = original
-    return seconds, cpu, len(regions), regions
+    return clock.result(), regions
 
 
-def run_facedeid(source: Path, target: Path, method: str, options: dict) -> tuple[float, float, int, dict]:
+def run_facedeid(source: Path, target: Path, method: str) -> tuple[dict, dict]:
+    """facedeid's video defaults, model loading included in the start-up."""
     from facedeid.pipeline import Anonymizer
     from facedeid.video import VideoOptions, anonymize_video
+    from facedeid.video.io import VideoSink
 
     boxes_out = target.with_suffix(".json")
-    started, cpu = time.perf_counter(), cpu_seconds()
-    anonymizer = Anonymizer(method, landmarks="box")
-    report = anonymize_video(source, target, anonymizer,
-                             VideoOptions(progress=False, boxes_out=boxes_out, **options))
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    clock = FrameClock()
+    write = VideoSink.write
+
+    def timed_write(sink, frame):
+        write(sink, frame)
+        clock.tick()
+
+    VideoSink.write = timed_write
+    try:
+        anonymizer = Anonymizer(method, landmarks="box")
+        anonymize_video(source, target, anonymizer, VideoOptions(progress=False, boxes_out=boxes_out))
+    finally:
+        VideoSink.write = write
+    result = clock.result()
     expand = anonymizer.expand
     regions = {}
     for entry in json.loads(boxes_out.read_text())["frames"]:
@@ -211,9 +333,10 @@ def run_facedeid(source: Path, target: Path, method: str, options: dict) -> tupl
             cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * expand / 2, (y1 - y0) * expand / 2
             grown.append(np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float32))
         regions[entry["frame"]] = grown
-    return seconds, cpu, report.frames, regions
+    return result, regions
 
 
+# -- output checks -----------------------------------------------------------------------------
 def audio_identical(a: Path, b: Path) -> bool | None:
     with av.open(str(a)) as x, av.open(str(b)) as y:
         if not x.streams.audio:
@@ -223,6 +346,15 @@ def audio_identical(a: Path, b: Path) -> bool | None:
         first = [bytes(p) for p in x.demux(x.streams.audio[0]) if p.size]
         second = [bytes(p) for p in y.demux(y.streams.audio[0]) if p.size]
     return first == second
+
+
+def stream_description(path: Path) -> dict:
+    """Colour description of the video stream and language tags of every stream."""
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return {"colour": [int(getattr(context, name)) for name in
+                           ("color_primaries", "color_trc", "colorspace", "color_range")],
+                "languages": [s.metadata.get("language") for s in container.streams]}
 
 
 def memory_profile(source: Path, workdir: Path, method: str) -> dict:
@@ -251,33 +383,150 @@ def memory_profile(source: Path, workdir: Path, method: str) -> dict:
             "seconds": round(time.perf_counter() - started, 1),
             "rss_mb_first_quarter_max": round(float(rss[:quarter].max()), 1) if n else None,
             "rss_mb_last_quarter_max": round(float(rss[-quarter:].max()), 1) if n else None,
-            "rss_mb_peak": round(float(rss.max()), 1) if n else None,
-            "samples": samples[:: max(n // 40, 1)]}
+            "rss_mb_peak": round(float(rss.max()), 1) if n else None}
 
 
-def _recalls(references: dict, regions: dict, size: tuple[int, int]) -> dict:
-    out = {}
-    for name, reference in references.items():
-        found, total = recall(reference, regions, size)
-        out[f"recall_{name}"] = round(found, 3)
-        out[f"faces_{name}"] = total
+def encoder_curve(clip: Path, workdir: Path, settings: list[tuple[str, int]]) -> list[dict]:
+    """Plain transcodes at each (preset, crf): size and CPU ms per frame."""
+    rows = []
+    for preset, crf in settings:
+        target = workdir / f"curve_{preset}_{crf}.mp4"
+        clock = FrameClock()
+        with av.open(str(clip)) as src, av.open(str(target), "w") as out:
+            video = src.streams.video[0]
+            video.thread_type = "AUTO"
+            stream = out.add_stream("libx264", rate=video.average_rate)
+            stream.width, stream.height = video.codec_context.width, video.codec_context.height
+            stream.pix_fmt, stream.time_base = "yuv420p", video.time_base
+            stream.codec_context.options = {"preset": preset, "crf": str(crf)}
+            stream.thread_type = "AUTO"
+            for frame in src.decode(video):
+                out.mux(stream.encode(frame))
+                clock.tick()
+            out.mux(stream.encode(None))
+        result = clock.result()
+        rows.append({"preset": preset, "crf": crf, "kb": target.stat().st_size // 1024,
+                     "cpu_ms_per_frame": round(result["cpu_ms_per_frame"], 1),
+                     "fps": round(result["fps"], 1), "load_1min": round(os.getloadavg()[0], 2)})
+        print(f"  encoder curve {rows[-1]}", flush=True)
+    return rows
+
+
+# -- the runs ----------------------------------------------------------------------------------
+TOOLS = {"transcode": lambda source, target: run_transcode(source, target),
+         "facedeid_mosaic": lambda source, target: run_facedeid(source, target, "mosaic"),
+         "facedeid_blur": lambda source, target: run_facedeid(source, target, "blur"),
+         "deface": lambda source, target: run_deface(source, target)}
+
+
+def timed_run(tool: str, source: Path, target: Path, max_load: float, retries: int
+              ) -> tuple[dict, dict]:
+    """One run with the load average before and after; rerun (``retries`` times) when loaded."""
+    for attempt in range(retries + 1):
+        before = os.getloadavg()[0]
+        result, regions = TOOLS[tool](source, target)
+        after = os.getloadavg()[0]
+        result.update(load_before=round(before, 2), load_after=round(after, 2),
+                      loaded=max(before, after) > max_load, attempt=attempt + 1)
+        if not result["loaded"]:
+            break
+    return result, regions
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Median and spread of each timing over the runs."""
+    out = {"runs": len(runs), "loaded_runs": sum(r["loaded"] for r in runs),
+           "load": [[r["load_before"], r["load_after"]] for r in runs]}
+    for key in ("steady_fps", "fps", "startup_s", "cpu_ms_per_frame"):
+        values = [r[key] for r in runs]
+        out[key] = round(statistics.median(values), 3)
+        out[f"{key}_range"] = [round(min(values), 3), round(max(values), 3)]
     return out
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 2) if denominator else None
+
+
+def bench_clip(name: str, clip: Path, meta: dict, size: tuple[int, int], tools: list[str],
+               args, workdir: Path, references: dict) -> dict:
+    runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+    regions: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for tool in tools:  # interleaved: each repeat's runs share about the same load
+            if tool == "deface" and repeat >= args.deface_repeats:
+                continue
+            target = workdir / f"{name}_{tool}.mp4"
+            result, regions[tool] = timed_run(tool, clip, target, args.max_load, args.retries)
+            runs[tool].append(result)
+            print(f"  {name} {tool} run {repeat + 1}: "
+                  + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in result.items()), flush=True)
+    row: dict = {"clip": clip.name, "size": f"{size[0]}x{size[1]}", "frames": meta["frames"]}
+    source_description = stream_description(clip)
+    for tool in tools:
+        summary = summarise(runs[tool])
+        summary["runs_detail"] = runs[tool]
+        target = workdir / f"{name}_{tool}.mp4"
+        summary["output_kb"] = target.stat().st_size // 1024
+        if tool != "transcode":
+            for ref_name, reference in references.items():
+                found, total = recall(reference, regions[tool], size, meta["frames"],
+                                      meta["native_frames"])
+                summary[f"recall_{ref_name}"] = round(found, 3)
+                summary[f"faces_{ref_name}"] = total
+        if tool.startswith("facedeid"):
+            summary["audio_identical"] = audio_identical(clip, target)
+            summary["description_kept"] = stream_description(target) == source_description
+            if meta.get("small_faces"):
+                left, checked = small_faces_left(clip, target, meta["small_faces"], args.ref_every)
+                summary["small_faces_left"], summary["small_faces_checked"] = left, checked
+        row[tool] = summary
+    for tool in tools:
+        if not tool.startswith("facedeid"):
+            continue
+        compare = {}
+        if "deface" in tools:
+            # Same-repeat ratios: each facedeid run against the deface run of its repeat.
+            pairs = list(zip(runs[tool], runs["deface"]))
+            compare["steady_x_deface"] = ratio(row[tool]["steady_fps"], row["deface"]["steady_fps"])
+            compare["steady_x_deface_per_repeat"] = [ratio(a["steady_fps"], b["steady_fps"])
+                                                     for a, b in pairs]
+            compare["total_x_deface"] = ratio(row[tool]["fps"], row["deface"]["fps"])
+            compare["cpu_x_deface"] = ratio(row["deface"]["cpu_ms_per_frame"],
+                                            row[tool]["cpu_ms_per_frame"])
+            compare["size_x_deface"] = ratio(row[tool]["output_kb"], row["deface"]["output_kb"])
+        if "transcode" in tools:
+            compare["steady_x_slower_than_transcode"] = ratio(row["transcode"]["steady_fps"],
+                                                              row[tool]["steady_fps"])
+            compare["cpu_x_transcode"] = ratio(row[tool]["cpu_ms_per_frame"],
+                                               row["transcode"]["cpu_ms_per_frame"])
+        row[f"compare_{tool}"] = compare
+        print(f"  {name} {tool}: {compare}", flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", default=str(VIDEO_DIR / "two_faces_640x360.mp4"))
-    parser.add_argument("--frames", type=int, default=275, help="frames of the clip to use")
-    parser.add_argument("--ref-every", type=int, default=10, help="reference on every N-th frame")
-    parser.add_argument("--sizes", default="640x360,1280x720,1920x1080")
-    parser.add_argument("--memory-clip", default=str(VIDEO_DIR / "people_walking_away_768x432.mp4"))
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-deface", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="facedeid runs per setting; the median is reported")
-    parser.add_argument("--deface-repeats", type=int, default=1,
-                        help="deface runs per size (slow); the median is reported")
-    parser.add_argument("--workdir", default=None, help="where resized clips and outputs go")
+    parser.add_argument("--frames", type=int, default=600, help="frames of each clip (looped)")
+    parser.add_argument("--frames-4k", type=int, default=600, help="frames of the 4K clip")
+    parser.add_argument("--cases", default="360p,720p,4k",
+                        help="comma-separated: 360p (640x360), 720p (1280x720), 4k (3840x2160)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool")
+    parser.add_argument("--deface-repeats", type=int, default=3,
+                        help="deface runs per clip (the first repeats; deface is slow)")
+    parser.add_argument("--deface-4k", action="store_true",
+                        help="run deface on the 4K clip too (about 5 s per frame)")
+    parser.add_argument("--max-load", type=float, default=1.5,
+                        help="flag a run whose 1-minute load average is above this")
+    parser.add_argument("--retries", type=int, default=0, help="reruns of a loaded run")
+    parser.add_argument("--ref-every", type=int, default=10, help="recall on every N-th frame")
+    parser.add_argument("--encoder-curve", action="store_true",
+                        help="also transcode the 720p clip at several presets / crf")
+    parser.add_argument("--memory", action="store_true",
+                        help="also sample facedeid's memory over people_walking_away")
+    parser.add_argument("--workdir", default=None, help="where clips and outputs go (reused)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "video.json"))
     args = parser.parse_args(argv)
     source = Path(args.clip)
@@ -286,63 +535,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="facedeid-video-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    load_before = os.getloadavg()
-    results: dict = {"clip": source.name, "frames": args.frames, "cpu_count": os.cpu_count(),
-                     "load_average_before": [round(v, 2) for v in load_before], "sizes": []}
-    print(f"references on every {args.ref_every}th frame of {source.name}", flush=True)
-    references = reference_faces(source, args.frames, args.ref_every,
-                                 workdir / f"reference_{source.stem}.json")
+    results: dict = {"clip": source.name, "cpu_count": os.cpu_count(),
+                     "load_average_before": [round(v, 2) for v in os.getloadavg()],
+                     "max_load": args.max_load, "cases": []}
+    references = reference_faces(source, args.ref_every, workdir / f"reference_{source.stem}.json")
     results["references"] = {name: {"frames": len(ref), "faces": sum(map(len, ref.values()))}
                              for name, ref in references.items()}
-    for size in sizes:
-        clip = workdir / f"{source.stem}_{size[0]}x{size[1]}.mp4"
-        resize_clip(source, clip, size, args.frames)
-        row: dict = {"size": f"{size[0]}x{size[1]}"}
-        # facedeid's default method is mosaic; blur is deface's default, so both are timed.
-        runs = [("facedeid_mosaic", "mosaic", {}), ("facedeid_blur", "blur", {})]
-        if size == (1280, 720):  # the file-size / speed trade-off of the fastest x264 preset
-            runs.append(("facedeid_mosaic_ultrafast", "mosaic", {"preset": "ultrafast"}))
-        for name, method, options in runs:
-            timings = []
-            for _ in range(args.repeats):  # the median of several runs: the machine is shared
-                seconds, cpu, frames, regions = run_facedeid(
-                    clip, workdir / f"{name}_{row['size']}.mp4", method, options)
-                timings.append((frames / seconds, 1000 * cpu / frames, os.getloadavg()[0]))
-            fps, cpu_ms, load = (float(np.median([t[k] for t in timings])) for k in range(3))
-            row[name] = {"fps": round(fps, 2), "cpu_ms_per_frame": round(cpu_ms, 1),
-                         "fps_runs": [round(t[0], 2) for t in timings],
-                         "load_average_1min": round(load, 2),
-                         "frames": frames, **_recalls(references, regions, size),
-                         "audio_identical": audio_identical(clip, workdir / f"{name}_{row['size']}.mp4"),
-                         "output_kb": (workdir / f"{name}_{row['size']}.mp4").stat().st_size // 1024}
-            print(f"  {row['size']} {name}: {row[name]}", flush=True)
-        if not args.skip_deface:
-            timings = []
-            for _ in range(args.deface_repeats):
-                seconds, cpu, frames, regions = run_deface(clip, workdir / f"deface_{row['size']}.mp4")
-                timings.append((frames / seconds, 1000 * cpu / frames, os.getloadavg()[0]))
-            fps, cpu_ms, load = (float(np.median([t[k] for t in timings])) for k in range(3))
-            row["deface"] = {"fps": round(fps, 2), "cpu_ms_per_frame": round(cpu_ms, 1),
-                             "fps_runs": [round(t[0], 2) for t in timings],
-                             "load_average_1min": round(load, 2),
-                             "frames": frames, **_recalls(references, regions, size),
-                             "output_kb": (workdir / f"deface_{row['size']}.mp4").stat().st_size // 1024}
-            for name, _, _ in runs:
-                row[f"speedup_{name}"] = {
-                    "wall": round(row[name]["fps"] / row["deface"]["fps"], 2),
-                    "cpu": round(row["deface"]["cpu_ms_per_frame"] / row[name]["cpu_ms_per_frame"], 2)}
-            print(f"  {row['size']} deface: {row['deface']}  speed-ups "
-                  f"{ {k: v for k, v in row.items() if k.startswith('speedup')} }",
-                  flush=True)
-        results["sizes"].append(row)
-    if not args.skip_memory and Path(args.memory_clip).exists():
-        results["memory"] = memory_profile(Path(args.memory_clip), workdir, "mosaic")
-        print(f"  memory: { {k: v for k, v in results['memory'].items() if k != 'samples'} }")
+    cases = {"360p": ((640, 360), args.frames, False), "720p": ((1280, 720), args.frames, False),
+             "4k": ((3840, 2160), args.frames_4k, True)}
+    for name in args.cases.split(","):
+        size, frames, small_faces = cases[name]
+        clip = workdir / f"{source.stem}_{size[0]}x{size[1]}_{frames}.mp4"
+        print(f"{name}: building {clip.name}", flush=True)
+        meta = build_clip(source, clip, size, frames, small_faces)
+        tools = ["transcode", "facedeid_mosaic", "facedeid_blur"]
+        if name != "4k" or args.deface_4k:
+            tools.append("deface")
+        results["cases"].append(bench_clip(name, clip, meta, size, tools, args, workdir, references))
+        if name == "720p" and args.encoder_curve:
+            results["encoder_curve"] = encoder_curve(clip, workdir, [
+                ("ultrafast", 23), ("superfast", 23), ("veryfast", 23), ("veryfast", 26),
+                ("faster", 23), ("medium", 23)])
+    if args.memory and (VIDEO_DIR / "people_walking_away_768x432.mp4").exists():
+        results["memory"] = memory_profile(VIDEO_DIR / "people_walking_away_768x432.mp4",
+                                           workdir, "mosaic")
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "memory"}, indent=2))
+    print(json.dumps({"cases": [{k: v for k, v in case.items() if k.startswith("compare")
+                                 or k in ("size", "frames")} for case in results["cases"]]},
+                     indent=1))
     print(f"written {args.output}")
     return 0
 

@@ -534,3 +534,78 @@ def test_colour_description_and_language_kept(tmp_path, mask_anonymizer):
         assert (context.color_primaries, context.color_trc, context.colorspace) == (1, 1, 1)
         assert context.color_range == 2
         assert stream.metadata.get("language") == "fra"
+
+
+# -- the threaded engine (issue 18) ------------------------------------------------------------
+
+def _engine_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("facedeid-")]
+
+
+def test_an_encoder_error_in_the_renderer_thread_reaches_the_caller(tmp_path, mask_anonymizer,
+                                                                   monkeypatch):
+    """Encoding runs in a thread of its own: its error is raised as itself, no file is left."""
+    from facedeid.video.io import VideoSink
+
+    source = tmp_path / "clip.mp4"
+    make_clip(source, frames=30)
+    write, written = VideoSink.write, []
+
+    def failing_write(sink, frame):
+        if len(written) == 5:
+            raise OSError(28, "No space left on device")
+        written.append(frame.pts)
+        write(sink, frame)
+
+    monkeypatch.setattr(VideoSink, "write", failing_write)
+    target = tmp_path / "out" / "result.mp4"
+    with pytest.raises(OSError, match="No space left"):
+        anonymize_video(source, target, mask_anonymizer,
+                        VideoOptions(boxes_out=tmp_path / "out" / "b.json", **QUIET))
+    assert len(written) == 5  # nothing encoded after the failure
+    assert list(target.parent.iterdir()) == []
+    assert _engine_threads() == []  # decoder and renderer threads have ended
+
+
+def test_max_frames_stops_the_decoder_and_keeps_frame_order(tmp_path, mask_anonymizer):
+    source = tmp_path / "clip.mp4"
+    pts_in = make_clip(source, frames=30)
+    target = tmp_path / "first.mp4"
+    report = anonymize_video(source, target, mask_anonymizer,
+                             VideoOptions(max_frames=13, **QUIET))
+    assert report.frames == 13 and _engine_threads() == []
+    images, pts, _, _ = decoded(target)
+    assert pts == [int(round(p)) for p in pts_in[:13]]  # in order, none lost or repeated
+    assert_faces_hidden(images, 256, 160)
+
+
+def test_the_encoder_chooses_frame_types(tmp_path, mask_anonymizer):
+    """An all-intra input must not force an all-intra output (decoded frames carry their
+    picture type, which x264 would obey): the output is several times smaller."""
+    source = tmp_path / "intra.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 256, 160, "yuv420p"
+        stream.codec_context.gop_size = 1
+        stream.codec_context.options = {"preset": "ultrafast", "crf": "18"}
+        for index in range(30):
+            frame = av.VideoFrame.from_ndarray(upright_frame(index, 256, 160), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    target = tmp_path / "out.mp4"
+    anonymize_video(source, target, mask_anonymizer, VideoOptions(**QUIET))
+    with av.open(str(target)) as container:
+        keyframes = sum(packet.is_keyframe for packet in container.demux(video=0) if packet.size)
+    assert keyframes < 5
+
+
+def test_the_video_detector_runs_one_thread_loaded_once(mask_anonymizer):
+    from facedeid.video.pipeline import DETECTOR_THREADS, _FrameSearch
+
+    first = _FrameSearch(mask_anonymizer, VideoOptions())
+    second = _FrameSearch(mask_anonymizer, VideoOptions())
+    assert first.detector is second.detector is not mask_anonymizer.detector
+    options = first.detector._session.get_session_options()
+    assert options.intra_op_num_threads == DETECTOR_THREADS == 1
+    assert first.detector.score_threshold == mask_anonymizer.detector.score_threshold

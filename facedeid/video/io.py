@@ -313,6 +313,9 @@ class VideoSink:
             pts = 0 if self._last_pts is None else self._last_pts + 1
         frame.pts = pts
         frame.time_base = self.info.time_base
+        # A decoded frame carries the input's picture type, which x264 would obey: an input
+        # without B-frames would force P-frames everywhere (bigger files). Let it choose.
+        frame.pict_type = av.video.frame.PictureType.NONE
         self._last_pts = pts
         if self._palette is not None:
             frames = self._palette.convert(frame)

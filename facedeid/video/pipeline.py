@@ -29,14 +29,19 @@ on screen only between two full-resolution searches (``--det-scale 0`` searches 
 frame at full resolution: slow at 4K); a new face that appears wholly inside a tracked
 face's (grown) region is covered by that region's mask until the next search, not tracked.
 
-Speed: frames without a face go from the decoder to the encoder untouched (no RGB round
-trip, no copy). On frames with faces only the face regions are converted to RGB, anonymized
-and written back into the decoder's YUV planes (8-bit 4:2:0, unrotated frames; other
-formats take a whole-frame RGB round trip). A searched frame is scaled once, plane by plane
-straight from YUV, then converted to RGB at the detector's size. The every-k searches run
-one by one, not batched: the change gate's decision for a frame depends on the tracker
-state after the previous search (a batch of 12 small frames measured only ~5-10 % cheaper
-than 12 single calls on CPU).
+Speed: three threads overlap the work (PyAV, onnxruntime, x264 and most of numpy/OpenCV
+release the GIL): a decoder thread (:class:`_Decoder`) demuxes and decodes ahead; the
+calling thread runs the change gate, the searches and the tracker; a renderer thread
+(:class:`_Renderer`) anonymizes and encodes a whole search window while the next one is
+searched. The detector gets one onnxruntime thread (a second one mostly spins on 2 shared
+cores: 2x the CPU for no shorter wall time). Frames without a face go from the decoder to
+the encoder untouched (no RGB round trip, no copy). On frames with faces only the face
+regions are converted to RGB, anonymized and written back into the decoder's YUV planes
+(8-bit 4:2:0, unrotated frames; other formats take a whole-frame RGB round trip). A
+searched frame is scaled once, plane by plane straight from YUV, then converted to RGB at
+the detector's size. The every-k searches run one by one, not batched: the change gate's
+decision for a frame depends on the tracker state after the previous search (a batch of 2
+or 4 small frames measured only ~8 % cheaper than single calls on CPU).
 """
 from __future__ import annotations
 
@@ -44,11 +49,14 @@ import copy
 import json
 import logging
 import os
+import queue
 import secrets
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import av
 import numpy as np
@@ -62,6 +70,10 @@ from .tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
+#: onnxruntime threads of the video's CenterFace session (see :class:`_FrameSearch`).
+DETECTOR_THREADS = 1
+#: Most bytes of decoded frames waiting for the renderer thread.
+RENDER_QUEUE_BYTES = 256 * 2**20
 #: Decoder pixel formats whose face regions are edited in place (8-bit 4:2:0 planes).
 _PLANAR_420 = ("yuv420p", "yuvj420p")
 
@@ -85,8 +97,11 @@ class VideoOptions:
             full-resolution search sees survives until the next one).
         grow: relative growth of a face's mask per frame it goes undetected.
         codec, crf, preset: encoder, quality, speed (see ``ffmpeg -h encoder=libx264``).
-            ``veryfast`` crf 23 makes files about the size of deface's (x264 ``medium`` crf
-            23) for ~13 ms of CPU per 720p frame; ``ultrafast`` is ~3x faster, ~2x larger.
+            Chosen from a measured curve (``benchmarks/video.py --encoder-curve``, 600 frames
+            of 1280x720): ``veryfast`` crf 23 wrote 2,991 kB for 11.2 ms of CPU per frame,
+            x264's ``medium`` (deface's) 3,290 kB for 29.6 ms, ``faster`` 3,365 kB for 19.7 ms,
+            ``superfast`` 5,593 kB for 8.7 ms and ``ultrafast`` 6,475 kB for 5.4 ms: the two
+            fastest presets make files ~2x deface's, over the 1.5x the project allows.
         audio: copy the audio streams (packets remuxed unchanged) or drop them.
         boxes_out: write per-frame boxes and track ids as JSON here.
         boxes_in: JSON file (the ``boxes_out`` format) of the user's own detections; the
@@ -159,6 +174,23 @@ class _Pending:
     frame: av.VideoFrame
 
 
+#: The anonymizers' CenterFace detectors → their single-threaded twins, loaded once per
+#: detector (a batch of videos shares one).
+_SINGLE_THREADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _single_threaded(detector):
+    """A CenterFace detector with the same settings and one onnxruntime thread."""
+    from ..detection.centerface import CenterFaceDetector
+
+    twin = _SINGLE_THREADED.get(detector)
+    if twin is None:
+        twin = CenterFaceDetector(detector.score_threshold, detector.min_face_size,
+                                  detector.max_side, detector.nms_iou, threads=DETECTOR_THREADS)
+        _SINGLE_THREADED[detector] = twin
+    return twin
+
+
 class _FrameSearch:
     """The two searches of the schedule, in display (upright) full-resolution pixels."""
 
@@ -167,6 +199,11 @@ class _FrameSearch:
 
         self.detector = anonymizer.detector
         self.centerface = isinstance(self.detector, CenterFaceDetector)
+        if type(self.detector) is CenterFaceDetector:  # a subclass may count or fake calls
+            # One inference thread: the decoder and renderer threads keep the other cores
+            # busy, and on a shared 2-core machine a second onnxruntime thread mostly spins
+            # (measured: 2 threads cost 2x the CPU, for no shorter wall time under load).
+            self.detector = _single_threaded(self.detector)
         self.det_scale = options.det_scale or None
         self.floor = options.keep_threshold
 
@@ -256,6 +293,123 @@ class _ChangeGate:
             x1, y1 = int(box[2] // self.cell), int(box[3] // self.cell)
             difference[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = False
         return bool(difference.any())
+
+
+class _Decoder:
+    """Decodes ahead of the main loop in a thread of its own.
+
+    PyAV releases the GIL inside FFmpeg's demuxer and decoder, so the next frames decode while
+    the main thread runs the detector (onnxruntime also releases it). Frames and audio packets
+    come out of :meth:`items` in demux order, as ``("frame", frame)`` / ``("audio", packet)``;
+    an error in the thread is raised again in the caller. At most ``depth`` items wait.
+    """
+
+    def __init__(self, source: VideoSource, audio: bool, depth: int = 8) -> None:
+        self.source, self.audio = source, audio
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._decode, name="facedeid-decode", daemon=True)
+        self.thread.start()
+
+    def _decode(self) -> None:
+        audio_sink = (lambda packet: self._put(("audio", packet))) if self.audio else None
+        try:
+            for frame in self.source.frames(audio_sink):
+                if not self._put(("frame", frame)):
+                    return
+            self._put(("end", None))
+        except BaseException as error:  # handed to the main thread, which raises it
+            self._put(("error", error))
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        while True:
+            kind, item = self.queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield kind, item
+
+    def close(self) -> None:
+        """Stop decoding (early exits too) and wait for the thread: the container is shared."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)  # unblocks a waiting put
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+
+class _Renderer:
+    """Anonymizes the face regions and encodes, in a thread of its own, frame by frame in order.
+
+    The main thread hands over each frame with its faces (:meth:`frame`) or an audio packet
+    (:meth:`audio`) and goes on searching the next window while this thread edits and
+    encodes (x264 and numpy/OpenCV release the GIL). The first error stops the work; it is
+    raised again in the main thread at its next hand-over or at :meth:`close`.
+    """
+
+    def __init__(self, render: Callable[[av.VideoFrame, list[Face]], None],
+                 mux_audio: Callable[[av.Packet], None], depth: int = 8) -> None:
+        self.render, self.mux_audio = render, mux_audio
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="facedeid-render", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # after a failure: drain without working, until the end marker
+            try:
+                if item[0] == "frame":
+                    self.render(item[1], item[2])
+                else:
+                    self.mux_audio(item[1])
+            except BaseException as error:
+                self.error = error
+
+    def _hand_over(self, item: tuple) -> None:
+        self.raise_error()
+        self.queue.put(item)
+
+    def frame(self, frame: av.VideoFrame, faces: list[Face]) -> None:
+        self._hand_over(("frame", frame, faces))
+
+    def audio(self, packet: av.Packet) -> None:
+        self._hand_over(("audio", packet))
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Wait for every handed-over frame to be encoded (or the work to stop)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        self.raise_error()
+
+    def stop(self) -> None:
+        """Abandon the frames still waiting (the output is being thrown away)."""
+        if self.error is None:
+            self.error = InterruptedError("stopped")
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
 
 
 def _load_boxes(path: Path) -> dict[int, list[Face]]:
@@ -388,6 +542,8 @@ class _RunState:
         self.options, self.no_face = options, no_face
         self.given_boxes, self.search = given_boxes, search
         self.sink: VideoSink | None = None
+        self.decoder: _Decoder | None = None
+        self.renderer: _Renderer | None = None  # anonymizes and encodes (a thread of its own)
         self.boxes: _BoxWriter | None = None
         self.pending_audio: list[av.Packet] = []
         self.window: list[_Pending] = []
@@ -405,10 +561,10 @@ class _RunState:
 
     # -- audio -------------------------------------------------------------------------
     def _audio(self, packet: av.Packet) -> None:
-        if self.sink is None:
+        if self.renderer is None:
             self.pending_audio.append(packet)  # until the first frame fixes the output setup
         else:
-            self.sink.mux_audio(packet)
+            self.renderer.audio(packet)
         self.audio_packets += 1
 
     # -- main loop -----------------------------------------------------------------------
@@ -419,15 +575,18 @@ class _RunState:
         self.progress = tqdm(total=info.frames, unit="frame", disable=not self.options.progress,
                              dynamic_ncols=True, desc=Path(str(self.video.spec)).name[-24:],
                              leave=False)
-        audio_sink = self._audio if self.options.audio and self.video.audio else None
         limit = self.options.max_frames
+        self.decoder = _Decoder(self.video, audio=bool(self.options.audio and self.video.audio))
         try:
-            for frame in self.video.frames(audio_sink):
+            for kind, item in self.decoder.items():
+                if kind == "audio":
+                    self._audio(item)
+                    continue
                 index = self.frames
                 if index == 0:
                     self._open_outputs()
                 self.frames += 1
-                self.window.append(_Pending(index, frame))
+                self.window.append(_Pending(index, item))
                 if self._closes_window(index):
                     self._close_window()
                 if limit is not None and self.frames >= limit:
@@ -436,6 +595,8 @@ class _RunState:
             if not info.live or self.sink is None:
                 raise
             log.info("live capture stopped by the user after %d frames", self.frames)
+        finally:
+            self.decoder.close()
         if self.window:  # the last frame is searched at full resolution, the rest filled
             self._close_window()
 
@@ -458,8 +619,13 @@ class _RunState:
                               audio_streams=self.video.audio if self.options.audio else (),
                               codec=self.options.codec, crf=self.options.crf,
                               preset=self.options.preset)
+        # Room for a whole search window: the main thread hands one over and searches the
+        # next while this one is anonymized and encoded (at most ~256 MB of frames waiting).
+        frame_bytes = info.width * info.height * 3 // 2
+        depth = max(4, min(self.max_window, RENDER_QUEUE_BYTES // max(frame_bytes, 1)))
+        self.renderer = _Renderer(self._render, self.sink.mux_audio, depth)
         for packet in self.pending_audio:
-            self.sink.mux_audio(packet)
+            self.renderer.audio(packet)
         self.pending_audio.clear()
         if self.options.boxes_out:
             self.boxes = _BoxWriter(self.options.boxes_out, {
@@ -528,9 +694,19 @@ class _RunState:
         return "skip"
 
     def _emit(self, index: int, frame: av.VideoFrame, faces: list[Face]) -> None:
+        """Record the frame's faces and hand it to the renderer thread."""
+        if faces:
+            self.frames_with_faces += 1
+        if self.boxes is not None:  # read before the hand-over: the sink rewrites the pts
+            time_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base \
+                else None
+            self.boxes.write(index, time_s, faces)
+        self.renderer.frame(frame, faces)
+        self.progress.update()
+
+    def _render(self, frame: av.VideoFrame, faces: list[Face]) -> None:
+        """Anonymize one frame's faces and encode it (runs in the renderer thread)."""
         if faces or self.no_face == "obfuscate":
-            if faces:
-                self.frames_with_faces += 1
             if faces and _edits_in_place(frame, self.video.info.rotation):
                 out = self._anonymize_regions(frame, faces)
             else:
@@ -538,11 +714,6 @@ class _RunState:
         else:
             out = frame  # untouched: no RGB round trip, no copy
         self.sink.write(out)
-        if self.boxes is not None:
-            time_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base \
-                else None
-            self.boxes.write(index, time_s, faces)
-        self.progress.update()
 
     def _anonymize_whole(self, frame: av.VideoFrame, faces: list[Face]) -> av.VideoFrame:
         rotation = self.video.info.rotation
@@ -589,6 +760,7 @@ class _RunState:
         if skip:
             self.abort()
             return None
+        self.renderer.close()  # every frame encoded, or the renderer's error raised here
         if self.boxes is not None:
             self.boxes.commit()
         return self.sink.commit()
@@ -596,6 +768,10 @@ class _RunState:
     def abort(self) -> None:
         if self.progress is not None:
             self.progress.close()
+        if self.decoder is not None:
+            self.decoder.close()
+        if self.renderer is not None:
+            self.renderer.stop()  # before the sink closes: the thread may be encoding
         if self.sink is not None:
             self.sink.abort()
         if self.boxes is not None:
