@@ -45,14 +45,22 @@ TEST_FILES = (801, 1000)  # §5.1: the last 20% of the first 1,000 images
 def prepare(inputs: list[str], size: int = 64, limit: int = 1000):
     """``(train, test)`` face stacks split by file number (not face count): the test faces are
     always files 000801-001000; every other file of the first ``limit`` is trained on (with
-    ``limit=10000`` that is "more data" measured on the paper's own test faces)."""
+    ``limit=10000`` that is "more data" measured on the paper's own test faces) except photos
+    of the 40 held-out people of celeba-id200's identity-disjoint split (5 of files 1-800),
+    on whom the project's privacy figures are measured."""
+    from facedeid.io.datasets import held_out_identities
     from facedeid.training.qmvae_data import build_face_stacks, list_images
 
     paths = list_images(DATA / "img_align_celeba", limit)
     stacks = build_face_stacks(paths, inputs, size, cache_dir=CACHE)
     numbers = np.array([int(Path(name).stem) for name in stacks.names])
     is_test = (numbers >= TEST_FILES[0]) & (numbers <= TEST_FILES[1])
-    return stacks.subset(np.flatnonzero(~is_test)), stacks.subset(np.flatnonzero(is_test))
+    held_out = held_out_identities(DATA.parent / "celeba-id200")
+    identities = dict(line.split() for line in (DATA / "identity_CelebA.txt").read_text().splitlines()
+                      if line.strip())
+    of_held_out = np.array([identities.get(str(name)) in held_out for name in stacks.names])
+    return (stacks.subset(np.flatnonzero(~is_test & ~of_held_out)),
+            stacks.subset(np.flatnonzero(is_test)))
 
 
 class TestBench:

@@ -47,7 +47,7 @@ def test_missing_checkpoint_error_names_the_training_command(tmp_path):
 def test_checkpoint_is_small_and_records_its_command(surrogate):
     assert CHECKPOINT.stat().st_size < 5e6
     assert "facedeid.training.recognizer" in surrogate.meta["command"]
-    assert 0 < surrogate.meta["metrics"]["rank1_test_vs_train_gallery"] <= 1
+    assert 0 < surrogate.meta["metrics"]["rank1_leave_one_out_test_people"] <= 1
 
 
 def test_embeddings_are_unit_norm_and_size_independent(surrogate, aligned_faces):

@@ -170,6 +170,15 @@ def read_celeba_id200_index(root: str | os.PathLike, split_file: str = "identity
 DISJOINT_SPLIT_FILE = "identity_split_disjoint.txt"
 
 
+def held_out_identities(id200_root: str | os.PathLike) -> set[str]:
+    """The 40 *test* people of celeba-id200's identity-disjoint split, as identity strings.
+
+    Every privacy figure is measured on them, so no model the project trains may see any photo
+    of them — including their photos in other CelebA subsets (celeba-first10k holds 60)."""
+    return {str(identity) for _, identity, is_train in
+            read_celeba_id200_index(id200_root, DISJOINT_SPLIT_FILE) if not is_train}
+
+
 def load_celeba(root: str | os.PathLike, split: str | None = None, split_source: str = "auto",
                 name: str | None = None) -> FaceDataset:
     """CelebA (full or a subset in the official layout).

@@ -7,13 +7,14 @@ from scratch on CelebA (official ``list_attr_celeba.txt`` labels).
 
 Data and the held-out set (identities never seen in training):
 
-* ``celeba-id200``'s ``identity_split.txt`` splits *inside* each identity (24 train / 6 test
-  images of every person, for linking attacks), so its test split is **not** identity-disjoint
-  from its train split. The 200 identities are therefore halved by identity number: the
-  ``train``-split images of the even-numbered half are used for training, and the
-  ``test``-split images of the odd-numbered half (600 images, 100 people) are held out.
+* The held-out people are the 40 *test* people of ``celeba-id200``'s identity-disjoint split
+  (``identity_split_disjoint.txt``): the privacy and utility figures are measured on them, so
+  the attribute service must never have seen them. All 1,200 of their photos are held out.
+* The other 160 ``celeba-id200`` people train on their ``identity_split.txt`` *train* photos
+  (24 each); their 6 *test* photos each measure accuracy on seen people, unseen photos.
 * ``celeba-first10k`` (89x109 half-resolution) is used for training, minus every image whose
-  identity appears anywhere in ``celeba-id200`` (so no held-out person leaks in).
+  identity appears anywhere in ``celeba-id200`` (this also drops the 60 first10k photos of the
+  40 held-out people).
 * A face box comes from :class:`facedeid.detection.locate.FaceLocator` (CenterFace, second
   chance included) and :func:`~facedeid.detection.locate.main_face` on each image (images
   where it finds none are skipped and counted); crops are :func:`facedeid.models.attribute_net.attribute_crop` with a 4-pixel
@@ -50,13 +51,16 @@ def _celeba(data_root: Path, name: str):
 
 def select_records(data_root: Path):
     """``(train records, held-out records, summary dict)`` as described in the module docstring."""
+    from ..io.datasets import held_out_identities
+
     first10k = _celeba(data_root, "celeba-first10k")
     id200 = _celeba(data_root, "celeba-id200")
     id200_people = {r.identity for r in id200}
+    test_people = held_out_identities(data_root / "celeba-id200")
     train = [r for r in first10k if r.identity not in id200_people]
-    train += [r for r in id200 if int(r.identity) % 2 == 0 and r.split == "train"]
-    held_out = [r for r in id200 if int(r.identity) % 2 == 1 and r.split == "test"]
-    seen_test = [r for r in id200 if int(r.identity) % 2 == 0 and r.split == "test"]
+    train += [r for r in id200 if str(r.identity) not in test_people and r.split == "train"]
+    held_out = [r for r in id200 if str(r.identity) in test_people]
+    seen_test = [r for r in id200 if str(r.identity) not in test_people and r.split == "test"]
     summary = {
         "first10k_used": sum(1 for r in first10k if r.identity not in id200_people),
         "first10k_excluded_id200_people": sum(1 for r in first10k if r.identity in id200_people),
