@@ -252,8 +252,10 @@ class FrameClock:
                 "cpu_ms_per_frame": 1000 * cpu / max(frames, 1)}
 
 
-def run_transcode(source: Path, target: Path) -> tuple[dict, dict]:
-    """The floor: PyAV decode → libx264 ultrafast (x264's default crf 23), no audio."""
+def run_transcode(source: Path, target: Path, preset: str = "ultrafast",
+                  crf: int | None = None) -> tuple[dict, dict]:
+    """The floor: PyAV decode → libx264 ``preset`` (default ultrafast at x264's default
+    crf 23), no audio. The encoder curve calls it at other settings."""
     clock = FrameClock()
     with av.open(str(source)) as src, av.open(str(target), "w") as out:
         video = src.streams.video[0]
@@ -262,7 +264,7 @@ def run_transcode(source: Path, target: Path) -> tuple[dict, dict]:
         stream.width, stream.height = video.codec_context.width, video.codec_context.height
         stream.pix_fmt = "yuv420p"
         stream.time_base = video.time_base
-        stream.codec_context.options = {"preset": "ultrafast"}
+        stream.codec_context.options = {"preset": preset, **({} if crf is None else {"crf": str(crf)})}
         stream.thread_type = "AUTO"
         for frame in src.decode(video):
             out.mux(stream.encode(frame))
@@ -391,20 +393,7 @@ def encoder_curve(clip: Path, workdir: Path, settings: list[tuple[str, int]]) ->
     rows = []
     for preset, crf in settings:
         target = workdir / f"curve_{preset}_{crf}.mp4"
-        clock = FrameClock()
-        with av.open(str(clip)) as src, av.open(str(target), "w") as out:
-            video = src.streams.video[0]
-            video.thread_type = "AUTO"
-            stream = out.add_stream("libx264", rate=video.average_rate)
-            stream.width, stream.height = video.codec_context.width, video.codec_context.height
-            stream.pix_fmt, stream.time_base = "yuv420p", video.time_base
-            stream.codec_context.options = {"preset": preset, "crf": str(crf)}
-            stream.thread_type = "AUTO"
-            for frame in src.decode(video):
-                out.mux(stream.encode(frame))
-                clock.tick()
-            out.mux(stream.encode(None))
-        result = clock.result()
+        result, _ = run_transcode(clip, target, preset, crf)
         rows.append({"preset": preset, "crf": crf, "kb": target.stat().st_size // 1024,
                      "cpu_ms_per_frame": round(result["cpu_ms_per_frame"], 1),
                      "fps": round(result["fps"], 1), "load_1min": round(os.getloadavg()[0], 2)})

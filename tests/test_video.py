@@ -186,6 +186,19 @@ def test_constant_rate_and_duration_kept(tmp_path, mask_anonymizer):
     assert audio_packets(target) == audio_packets(source)
 
 
+def test_on_frame_reports_every_frame_with_the_total(tmp_path, mask_anonymizer):
+    """The service's job progress comes from this callback, with the progress bar off."""
+    source = tmp_path / "cfr.mkv"
+    make_clip(source, frames=12, rate=25)
+    seen = []
+    report = anonymize_video(source, tmp_path / "out.mkv", mask_anonymizer,
+                             VideoOptions(on_frame=lambda done, total: seen.append((done, total)),
+                                          **QUIET))
+    assert [done for done, _ in seen] == list(range(1, report.frames + 1))
+    totals = {total for _, total in seen}  # the container's estimate, one value throughout
+    assert len(totals) == 1 and totals.pop() >= report.frames
+
+
 def test_tracker_fills_detector_gaps(tmp_path, mask_anonymizer):
     """Boxes given only on frames 0, 3 and 17: frames 4-16 rely on coasting, then interpolation."""
     source = tmp_path / "clip.mp4"
@@ -511,21 +524,29 @@ def test_small_faces_in_4k_are_anonymized(tmp_path, mosaic_anonymizer):
             assert change > 10, f"{box[2] - box[0]:.0f} px face kept on frame {index}"
 
 
-def test_colour_description_and_language_kept(tmp_path, mask_anonymizer):
-    """BT.709 tags, the full-range flag and the streams' language tags reach the output."""
-    source = tmp_path / "tagged.mkv"
-    with av.open(str(source), "w") as container:
+def _x264_clip(path, frames: int, configure) -> None:
+    """A 256x160 H.264 clip of ``upright_frame``s; ``configure(stream)`` sets what a test checks."""
+    with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 256, 160, "yuv420p"
-        context = stream.codec_context
-        context.color_primaries, context.color_trc, context.colorspace = 1, 1, 1  # BT.709
-        context.color_range = 2  # full ("JPEG") range
-        stream.metadata["language"] = "fra"
-        for index in range(3):
+        configure(stream)
+        for index in range(frames):
             frame = av.VideoFrame.from_ndarray(upright_frame(index, 256, 160), format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def test_colour_description_and_language_kept(tmp_path, mask_anonymizer):
+    """BT.709 tags, the full-range flag and the streams' language tags reach the output."""
+    source = tmp_path / "tagged.mkv"
+    def tag(stream) -> None:
+        context = stream.codec_context
+        context.color_primaries, context.color_trc, context.colorspace = 1, 1, 1  # BT.709
+        context.color_range = 2  # full ("JPEG") range
+        stream.metadata["language"] = "fra"
+
+    _x264_clip(source, 3, tag)
     target = tmp_path / "out.mkv"
     anonymize_video(source, target, mask_anonymizer, VideoOptions(**QUIET))
     with av.open(str(target)) as container:
@@ -583,16 +604,11 @@ def test_the_encoder_chooses_frame_types(tmp_path, mask_anonymizer):
     """An all-intra input must not force an all-intra output (decoded frames carry their
     picture type, which x264 would obey): the output is several times smaller."""
     source = tmp_path / "intra.mp4"
-    with av.open(str(source), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 256, 160, "yuv420p"
+    def every_frame_a_keyframe(stream) -> None:
         stream.codec_context.gop_size = 1
         stream.codec_context.options = {"preset": "ultrafast", "crf": "18"}
-        for index in range(30):
-            frame = av.VideoFrame.from_ndarray(upright_frame(index, 256, 160), format="rgb24")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+
+    _x264_clip(source, 30, every_frame_a_keyframe)
     target = tmp_path / "out.mp4"
     anonymize_video(source, target, mask_anonymizer, VideoOptions(**QUIET))
     with av.open(str(target)) as container:

@@ -20,6 +20,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (counts of workers, actors, files, pixels)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def bounded_float(minimum: float | None = None, maximum: float | None = None):
     """argparse type factory: a finite float within ``[minimum, maximum]`` (either may be open).
 

@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from .common import positive_int
+
 HELP = "run the web service and browser page (FastAPI under uvicorn)"
 DESCRIPTION = """\
 Serve facedeid over HTTP: a page at / (drop an image or video, pick a method and its knobs,
@@ -41,14 +43,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -79,7 +73,7 @@ def register(subparsers) -> None:
                      help="let pages from ORIGIN (e.g. https://app.example.org) call the API; "
                           "repeatable (default: none, CORS closed)")
     load = parser.add_argument_group("load and limits")
-    load.add_argument("--workers", type=_positive_int, default=1,
+    load.add_argument("--workers", type=positive_int, default=1,
                       help="compute threads; each loads the models once (default: 1; about one "
                            "per 2 CPU cores)")
     load.add_argument("--queue-size", type=int, default=8,
@@ -94,15 +88,15 @@ def register(subparsers) -> None:
                       help="a finished job's result is deleted this long after (default: 3600)")
     load.add_argument("--max-upload-mb", type=_positive_float, default=200.0,
                       help="largest request body; beyond it 413 (default: 200)")
-    load.add_argument("--max-jobs", type=_positive_int, default=64,
+    load.add_argument("--max-jobs", type=positive_int, default=64,
                       help="jobs kept at once (waiting, running or finished and not yet "
                            "deleted); beyond it POST /jobs answers 503 (default: 64)")
-    load.add_argument("--max-files", type=_positive_int, default=32,
+    load.add_argument("--max-files", type=positive_int, default=32,
                       help="files in one /jobs or /evaluate request (default: 32)")
-    load.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    load.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                       help=f"refuse larger images and video frames, before decoding "
                            f"(default: {DEFAULT_MAX_PIXELS:,}, as `facedeid anonymize`)")
-    load.add_argument("--max-video-frames", type=_positive_int, default=18_000,
+    load.add_argument("--max-video-frames", type=positive_int, default=18_000,
                       help="refuse longer videos (default: 18000, 10 minutes at 30 fps)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"),

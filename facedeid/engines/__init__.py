@@ -13,19 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.common import positive_int
+
 #: engine names, as ``--engine`` takes them
 ENGINES = ("local", "ray")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,4 +36,4 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: one per CPU of the cluster)")
 
 
-__all__ = ["ENGINES", "add_engine_arguments", "positive_int"]
+__all__ = ["ENGINES", "add_engine_arguments"]

@@ -40,7 +40,7 @@ class BackgroundJob:
     started: float | None = None
     finished: float | None = None
     files_done: int = 0
-    current_video: str | None = None  # the tqdm description of the video being processed
+    video_frames: tuple[int, int | None] | None = None  # (done, total) of the current video
     results: list[dict] = field(default_factory=list)
     result_path: Path | None = None
     error: str | None = None
@@ -48,10 +48,8 @@ class BackgroundJob:
     future: Future | None = None
 
     def progress(self) -> dict[str, Any]:
-        """Files done, and frames done of the video being processed (from its progress bar)."""
-        frames_done = frames_total = None
-        if self.current_video is not None:
-            frames_done, frames_total = _video_bar_position(self.current_video)
+        """Files done, and frames done of the video being processed."""
+        frames_done, frames_total = self.video_frames or (None, None)
         total = len(self.uploads)
         fraction = self.files_done / total if total else 1.0
         if frames_done is not None and frames_total:
@@ -70,21 +68,6 @@ class BackgroundJob:
                 "results": self.results, "error": self.error,
                 "result_url": f"/jobs/{self.id}/result" if self.state == DONE else None,
                 **self.request.describe()}
-
-
-def _video_bar_position(description: str) -> tuple[int | None, int | None]:
-    """Frames done / total of the video pipeline's progress bar named ``description``.
-
-    The video pipeline reports progress only through its tqdm bar; each job's video gets a
-    random file name, so the bar with that name is this job's.
-    """
-    from tqdm import tqdm
-
-    with tqdm.get_lock():
-        for bar in list(getattr(tqdm, "_instances", ())):
-            if getattr(bar, "desc", None) == description:
-                return int(bar.n), (int(bar.total) if bar.total else None)
-    return None, None
 
 
 class JobStore:
@@ -165,12 +148,14 @@ class JobStore:
                 job.error = f"timed out after {self.timeout_s:g} s (--timeout)"
                 job.state = FAILED
                 return
-            job.current_video = upload.path.name[-24:] if upload.kind == "video" else None
+            def frame_done(done: int, total: int | None, job=job) -> None:
+                job.video_frames = (done, total)
+
             try:
                 result = anonymize_upload(self.pool, upload, job.request,
                                           max_pixels=self.max_pixels,
                                           max_video_frames=self.max_video_frames,
-                                          progress=upload.kind == "video")
+                                          on_frame=frame_done)
             except ProcessingFailed as error:
                 result_summary = {"file": upload.client_name, "kind": upload.kind,
                                   "status": "failed",
@@ -181,7 +166,7 @@ class JobStore:
                 if result.path is not None:
                     outputs.append((upload, result.path))
             finally:
-                job.current_video = None
+                job.video_frames = None
             job.files_done += 1
         if not outputs:
             job.error = "no file could be processed: " + "; ".join(

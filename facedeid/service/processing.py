@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,8 +62,8 @@ def result_path(upload: UploadedFile) -> Path:
 
 
 def anonymize_upload(pool: WorkerPool, upload: UploadedFile, request: MethodRequest, *,
-                     max_pixels: int, max_video_frames: int, progress: bool = False
-                     ) -> FileResult:
+                     max_pixels: int, max_video_frames: int,
+                     on_frame: Callable[[int, int | None], None] | None = None) -> FileResult:
     """De-identify one identified upload (see :func:`~facedeid.service.uploads.identify`).
 
     Raises:
@@ -84,7 +84,7 @@ def anonymize_upload(pool: WorkerPool, upload: UploadedFile, request: MethodRequ
     else:
         from ..video import VideoOptions, anonymize_video_job
 
-        options = VideoOptions(progress=progress, max_frames=max_video_frames)
+        options = VideoOptions(progress=False, max_frames=max_video_frames, on_frame=on_frame)
         try:
             outcome = anonymize_video_job(job, anonymizer, options, protected=protected)
         except Exception as error:  # e.g. cv2.error from a method: this file fails, as in the CLI

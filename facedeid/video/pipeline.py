@@ -107,6 +107,8 @@ class VideoOptions:
         boxes_in: JSON file (the ``boxes_out`` format) of the user's own detections; the
             detector is not run.
         progress: show a progress bar with fps and ETA.
+        on_frame: called as ``on_frame(frames_done, frames_total or None)`` after each frame
+            (the web service's job progress; must be cheap, it runs on the pipeline's thread).
         max_frames: stop after this many frames (live sources, previews).
     """
 
@@ -125,6 +127,7 @@ class VideoOptions:
     boxes_in: Path | None = None
     progress: bool = True
     max_frames: int | None = None
+    on_frame: Callable[[int, int | None], None] | None = None
 
     def validate(self) -> None:
         if self.every < 1:
@@ -555,6 +558,7 @@ class _RunState:
         self.tracker: FaceTracker | None = None
         self.last_found: list[Face] = []  # the faces of the most recent search
         self.progress = None
+        self.frames_handed = 0
         self.max_window = max(options.full_every, 1)
         # Faces only the full-resolution search sees must outlive one interval between them.
         self.max_gap = max(options.max_gap, options.full_every)
@@ -703,6 +707,9 @@ class _RunState:
             self.boxes.write(index, time_s, faces)
         self.renderer.frame(frame, faces)
         self.progress.update()
+        if self.options.on_frame is not None:  # a disabled tqdm bar does not count
+            self.frames_handed += 1
+            self.options.on_frame(self.frames_handed, self.video.info.frames or None)
 
     def _render(self, frame: av.VideoFrame, faces: list[Face]) -> None:
         """Anonymize one frame's faces and encode it (runs in the renderer thread)."""
