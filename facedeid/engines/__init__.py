@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.common import positive_int
-
 #: engine names, as ``--engine`` takes them
 ENGINES = ("local", "ray")
 
@@ -22,6 +20,9 @@ ENGINES = ("local", "ray")
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--engine``, ``--address``, ``--num-actors``: the same options for every command that
     runs a batch (``anonymize``, ``evaluate``)."""
+    # here, not at the top: facedeid.cli imports this module (a Ray worker imports it first)
+    from ..cli.common import positive_int
+
     group = parser.add_argument_group(
         "engine", "where the work runs; see docs/cluster.md for a multi-node Ray cluster")
     group.add_argument("--engine", choices=ENGINES, default="local",
