@@ -48,7 +48,7 @@ def prepare(inputs: list[str], size: int = 64, limit: int = 1000):
     ``limit=10000`` that is "more data" measured on the paper's own test faces) except photos
     of the 40 held-out people of celeba-id200's identity-disjoint split (5 of files 1-800),
     on whom the project's privacy figures are measured."""
-    from facedeid.io.datasets import held_out_identities
+    from facedeid.io.datasets import held_out_identities, read_identities
     from facedeid.training.qmvae_data import build_face_stacks, list_images
 
     paths = list_images(DATA / "img_align_celeba", limit)
@@ -56,8 +56,7 @@ def prepare(inputs: list[str], size: int = 64, limit: int = 1000):
     numbers = np.array([int(Path(name).stem) for name in stacks.names])
     is_test = (numbers >= TEST_FILES[0]) & (numbers <= TEST_FILES[1])
     held_out = held_out_identities(DATA.parent / "celeba-id200")
-    identities = dict(line.split() for line in (DATA / "identity_CelebA.txt").read_text().splitlines()
-                      if line.strip())
+    identities = read_identities(DATA)
     of_held_out = np.array([identities.get(str(name)) in held_out for name in stacks.names])
     return (stacks.subset(np.flatnonzero(~is_test & ~of_held_out)),
             stacks.subset(np.flatnonzero(is_test)))
@@ -123,10 +122,8 @@ class TestBench:
 
             boxes = self.boxes
             recognizer = create_recognizer("dlib")
-            identities = {}
-            for line in (DATA / "identity_CelebA.txt").read_text().splitlines():
-                name, _, identity = line.partition(" ")
-                identities[name] = identity.strip()
+            from facedeid.io.datasets import read_identities
+            identities = read_identities(DATA)
             ids = [identities.get(name, name) for name in self.test.names]
             second = create_recognizer("surrogate")
             self._privacy = (boxes, recognizer, recognizer.embed(self.originals, boxes), ids,

@@ -112,6 +112,13 @@ class FaceDataset:
 
 
 # -- CelebA ------------------------------------------------------------------------------------
+def read_identities(root: str | os.PathLike) -> dict[str, str]:
+    """``{file name: identity}`` from a CelebA-layout folder's ``identity_CelebA.txt``."""
+    path = Path(root) / "identity_CelebA.txt"
+    _require(Path(root), [path], "CelebA identities")
+    return _read_two_columns(path)
+
+
 def _read_two_columns(path: Path) -> dict[str, str]:
     table = {}
     with path.open() as handle:
