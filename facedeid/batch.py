@@ -403,7 +403,9 @@ def _write_sidecar(job: Job, anonymizer: Anonymizer, results: list, protected: s
                "method": anonymizer.method.name, "params": _jsonable(anonymizer.method.config),
                "detector": anonymizer.detector.name,
                "action": "anonymized" if faces else results[0].action, "pages": len(results),
-               "faces": faces}
+               "faces": faces,
+               # faces the method could not handle itself and covered with a classic operator
+               "fallback_faces": sum("fallback" in face.get("method_notes", {}) for face in faces)}
     write_bytes_atomic(job.target.with_name(job.target.name + ".json"),
                        json.dumps(sidecar, indent=2).encode(), protected=protected)
 

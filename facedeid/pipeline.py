@@ -153,6 +153,9 @@ class Anonymizer:
         processed = self.method.apply_batch(crops, contexts)
         for crop, pixels in zip(crops, processed):
             paste_back(output, crop, np.asarray(pixels, dtype=np.uint8), coverage)
+        for face, context in zip(faces, contexts):
+            if context.notes:
+                face.extra["method_notes"] = dict(context.notes)
         warnings = [f"face at {[round(float(v)) for v in face.box]} was found only by "
                     f"{face.extra['found_by']}; check it by eye"
                     for face in faces if "found_by" in face.extra]

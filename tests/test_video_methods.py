@@ -30,7 +30,7 @@ def test_method_runs_on_video(name, two_frame_clip, tmp_path):
         anonymizer = Anonymizer(name, landmarks="box", seed=3)
     except MissingWeightsError as error:  # e.g. a checkpoint that has not been trained yet
         pytest.skip(f"{name} cannot be built here: {error}")
-    if name == "ksame":
+    if name in ("ksame", "ksame_net"):
         from facedeid.methods.ksame import DEFAULT_GALLERY
         if not (DEFAULT_GALLERY / "identity_split.txt").is_file():
             pytest.skip(f"ksame needs a gallery; its default ({DEFAULT_GALLERY}) is absent here")

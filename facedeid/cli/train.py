@@ -12,7 +12,7 @@ import sys
 from ..errors import InvalidInputError, InvalidParameterError
 from ..training.qmvae import MODES, TrainConfig
 
-HELP = "train a learned de-identification model (qmvae)"
+HELP = "train a learned model (qmvae, generator, private-encoder)"
 
 QMVAE_DESCRIPTION = """\
 Train QM-VAE (Qiu et al. 2022): the de-identified versions of every face (--inputs) are fused
@@ -62,6 +62,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
     trainers = parser.add_subparsers(dest="trainer", metavar="MODEL")
     _register_qmvae(trainers)
+    _register_generator(trainers)
+    _register_private_encoder(trainers)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
@@ -180,3 +182,51 @@ def run_qmvae(args: argparse.Namespace) -> int:
                                                   if not isinstance(v, (dict, list))}},
                      default=lambda value: float(value) if isinstance(value, np.floating) else str(value)))
     return 0
+
+
+def _refuse_overwriting_inputs(out, *inputs) -> None:
+    """A trainer's --out must never replace a file the run reads (the generator it stands on,
+    its own resume state)."""
+    from pathlib import Path
+
+    target = Path(out).resolve()
+    for name, path in inputs:
+        if path is not None and Path(path).resolve() == target:
+            raise InvalidParameterError(f"--out {out} is the {name} this run reads; choose "
+                                        "another output path")
+
+
+def _register_model_trainer(trainers, name: str, module, help_text: str, check=None) -> None:
+    """``facedeid train NAME``: the options and trainer of ``facedeid.training.MODULE``, after
+    ``check(args)`` and the rule that --out never replaces a file the run reads."""
+    parser = trainers.add_parser(name, help=help_text, description=module.DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        if check is not None:
+            check(args)
+        _refuse_overwriting_inputs(args.out, ("--generator checkpoint",
+                                              getattr(args, "generator", None)),
+                                   ("--work training state", args.work))
+        module.train(args)
+        return 0
+
+    parser.set_defaults(handler=run)
+
+
+def _register_generator(trainers) -> None:
+    from ..training import generator
+    _register_model_trainer(trainers, "generator", generator,
+                            "face generator + encoder (base of private_encoder)")
+
+
+def _check_beta(args: argparse.Namespace) -> None:
+    if args.beta is not None and not 0.0 <= args.beta <= 1.0:
+        raise InvalidParameterError(f"--beta must be in [0, 1], got {args.beta}")
+
+
+def _register_private_encoder(trainers) -> None:
+    from ..training import private_encoder
+    _register_model_trainer(trainers, "private-encoder", private_encoder,
+                            "Private-Encoder (seed 003) with its beta knob", _check_beta)

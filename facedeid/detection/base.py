@@ -67,6 +67,8 @@ class Face:
                                 for name, point in zip(LANDMARK_NAMES, self.landmarks)}
         if self.track_id is not None:
             out["track_id"] = int(self.track_id)
+        if self.extra.get("method_notes"):
+            out["method_notes"] = dict(self.extra["method_notes"])
         return out
 
     @classmethod

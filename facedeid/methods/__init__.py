@@ -17,6 +17,8 @@ from . import ksame  # noqa: E402,F401
 from . import dp_obfuscation  # noqa: E402,F401
 from . import identity_cloak  # noqa: E402,F401
 from . import qmvae  # noqa: E402,F401
+from . import private_encoder  # noqa: E402,F401
+from . import ksame_net  # noqa: E402,F401
 
 __all__ = ["DeidMethod", "FaceContext", "Param", "available_methods", "create_method",
            "method_class", "register"]

@@ -193,11 +193,15 @@ class FaceContext:
             so results are reproducible and a track keeps one replacement identity.
         track_id: stable id of the face across video frames, ``None`` for a still image.
         image_shape: ``(H, W)`` of the full image the crop comes from.
+        notes: what the method reports about this face, e.g. ``{"fallback": "pixelate",
+            "reason": ...}`` when it could not use its own model on it; the pipeline copies
+            them into the face's sidecar entry (``method_notes``), so they are counted.
     """
 
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     track_id: int | None = None
     image_shape: tuple[int, int] | None = None
+    notes: dict = field(default_factory=dict)
 
 
 class DeidMethod(ABC):

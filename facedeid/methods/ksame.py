@@ -16,7 +16,8 @@ Implements:
   de-identification", PET 2005): partition H by a utility label (expression, gender, ...) and run
   k-Same inside every part, so the average keeps that label.
 
-k-Same-M (active appearance model averaging) is not implemented.
+k-Same-M (active appearance model averaging) is not implemented; k-Same-Net (averaging in a
+generator's latent space) is :mod:`facedeid.methods.ksame_net`.
 
 Two ways to use it:
 
@@ -263,6 +264,13 @@ def fit_gallery(gallery: str, size: int) -> np.ndarray:
     return np.stack(crops)
 
 
+def nearest_in_gallery(gallery: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` rows of ``gallery`` closest to ``query`` (Euclidean), ties
+    broken by gallery order, so the same input always meets the same neighbours."""
+    distances = np.sum((gallery - query) ** 2, axis=1)
+    return np.lexsort((np.arange(len(gallery)), distances))[:count]
+
+
 def k_same_with_gallery(face: np.ndarray, gallery: np.ndarray, k: int, variant: str = "pixel",
                         eigen: EigenFaces | None = None) -> np.ndarray:
     """Average of ``face`` ((S, S, 3) uint8) and its k-1 nearest ``gallery`` faces.
@@ -280,14 +288,12 @@ def k_same_with_gallery(face: np.ndarray, gallery: np.ndarray, k: int, variant: 
             raise InvalidParameterError("variant 'eigen' needs fitted eigenfaces")
         gallery_coefficients = eigen.project(gallery)
         face_coefficients = eigen.project(face[None])
-        distances = np.sum((gallery_coefficients - face_coefficients) ** 2, axis=1)
-        nearest = np.lexsort((np.arange(len(gallery)), distances))[:k - 1]
+        nearest = nearest_in_gallery(gallery_coefficients, face_coefficients[0], k - 1)
         members = np.concatenate([face_coefficients, gallery_coefficients[nearest]])
         return eigen.reconstruct(members.mean(axis=0, keepdims=True))[0]
     flat_gallery = gallery.reshape(len(gallery), -1).astype(np.float64)
     flat_face = face.reshape(1, -1).astype(np.float64)
-    distances = np.sum((flat_gallery - flat_face) ** 2, axis=1)
-    nearest = np.lexsort((np.arange(len(gallery)), distances))[:k - 1]
+    nearest = nearest_in_gallery(flat_gallery, flat_face[0], k - 1)
     average = np.concatenate([flat_face, flat_gallery[nearest]]).mean(axis=0)
     return np.clip(np.rint(average), 0, 255).astype(np.uint8).reshape(face.shape)
 

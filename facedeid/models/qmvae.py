@@ -21,7 +21,6 @@ The original face exists only as a training target, outside this module.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingWeightsError
+from .checkpoint_files import read_payload, save_payload
 
 CHECKPOINT_FORMAT = "facedeid.qmvae/1"
 TRAIN_COMMAND_HINT = ("train one with `facedeid train qmvae --data ../shared/data/celeba-first10k"
@@ -230,37 +230,14 @@ def save_checkpoint(path: str | os.PathLike, model: QMVAE, extra: dict[str, Any]
 
     A crash mid-write leaves the previous checkpoint intact, never a truncated file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config),
-               "state_dict": model.state_dict(), **(extra or {})}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return save_payload(path, {"format": CHECKPOINT_FORMAT, "config": asdict(model.config),
+                               "state_dict": model.state_dict(), **(extra or {})})
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict, or raise :class:`CheckpointError` saying how to make one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"QM-VAE checkpoint {path} does not exist; {TRAIN_COMMAND_HINT}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"QM-VAE checkpoint {path} is unreadable ({error}); "
-                              f"{TRAIN_COMMAND_HINT}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a QM-VAE checkpoint (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r}); {TRAIN_COMMAND_HINT}")
-    return payload
+    return read_payload(path, CHECKPOINT_FORMAT, "QM-VAE checkpoint", TRAIN_COMMAND_HINT,
+                        CheckpointError)
 
 
 def load_qmvae(path: str | os.PathLike) -> tuple[QMVAE, dict[str, Any]]:
