@@ -38,11 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BETAS = [round(0.1 * i, 1) for i in range(11)]
-BLUR_KERNELS = (5, 9, 17, 33)
-MOSAIC_BLOCKS = (3, 4, 6, 10)
+BLUR_KERNELS = (9, 33, 61)
+MOSAIC_BLOCKS = (4, 8, 14)
 # Table 6 (DeepPrivacy and CIAGAN are not available offline): the project's other methods at
 # their defaults on the same faces.
-OTHERS = ("ksame", "ksame_net", "qmvae", "dp_pix", "pixelate", "blur", "mosaic")
+OTHERS = ("ksame", "ksame_net", "qmvae", "dp_pix")
 RECOGNIZERS = ("dlib", "surrogate", "faceres")
 INDEPENDENT = ("dlib", "surrogate")
 

@@ -101,6 +101,13 @@ def _aligned_crop(box_width: float, shift_nose: float = 0.0):
 def test_tiny_and_profile_faces_are_refused_by_the_model_check():
     crop, template = _aligned_crop(120)
     assert face_problem(crop, template) is None
+    aligner = FaceAligner(64)  # a 60-px face tilted by 40 degrees is not tiny
+    angle = np.deg2rad(40)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    tilted = (aligner.template * 60 / 64 - 30) @ rotation.T + 200
+    face = Face(box=[170, 170, 230, 230], landmarks=tilted.astype(np.float32))
+    assert face_problem(aligner.align(np.zeros((400, 400, 3), np.uint8), face),
+                        aligner.template) is None
     crop, template = _aligned_crop(MIN_FACE_PIXELS - 4)
     assert "tiny face" in face_problem(crop, template)
     crop, template = _aligned_crop(120, shift_nose=0.175)  # nose 0.7 eye distances aside

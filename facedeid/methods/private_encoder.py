@@ -61,8 +61,11 @@ def face_problem(crop: FaceCrop, template: np.ndarray) -> str | None:
     Args:
         template: the aligner's five canonical points for the crop size.
     """
-    scale = float(np.sqrt(abs(np.linalg.det(crop.to_image[:, :2]))))  # image px per crop px
-    width = float(crop.box[2] - crop.box[0]) * scale
+    # crop.box holds the detected box's corners in crop coordinates, which a rotated alignment
+    # turns; mapped back to the image they are the detector's corners again.
+    corners = np.asarray(crop.box, np.float32).reshape(2, 2) @ crop.to_image[:, :2].T \
+        + crop.to_image[:, 2]
+    width = float(abs(corners[1, 0] - corners[0, 0]))
     if width < MIN_FACE_PIXELS:
         return f"tiny face ({width:.0f} px wide < {MIN_FACE_PIXELS})"
     points = np.asarray(crop.landmarks, dtype=np.float32)
