@@ -21,7 +21,13 @@ until it can *invert* arbitrary faces, and every seed method needs inversion (en
 edit its code, decode). So the generator is trained as the decoder of an encoder
 (:class:`FaceEncoder`, a feature pyramid) with reconstruction, perceptual and adversarial
 (PatchGAN + R1) losses; new faces are drawn from a Gaussian fitted to the codes of the training
-faces (:meth:`FaceGenerator.sample`), which makes it a generator in the usual sense too.
+faces (:meth:`FaceGenerator.sample`), which makes it a generator in the usual sense too. (On the
+CPU budget of the shipped checkpoint the critic never got past chance and then diverged, so its
+faces are those of a well-fitted auto-encoder: faithful, soft; see docs/checkpoints.md.)
+
+Why 64 px: most training photos (half-resolution CelebA) hold a face whose eyes are ~21 px apart,
+which a 128-px crop would upsample 1.56x, and a 128-px step costs 3.6x a 64-px one
+(``benchmarks/generator_resolution.py``).
 
 Pixels are float RGB in [0, 1], ``(B, 3, S, S)``; ``S`` = :attr:`GeneratorConfig.image_size`.
 """
