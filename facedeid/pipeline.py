@@ -17,6 +17,7 @@ from .detection import Face, FaceDetector
 from .detection.locate import LANDMARK_SOURCES, FaceLocator
 from .errors import InvalidParameterError
 from .methods import DeidMethod, FaceContext, create_method
+from .methods.base import FALLBACK_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ NO_FACE_POLICIES = {
     "obfuscate": "pixelate the whole image (methods that cannot cover a whole image fall back "
                  "to pixelate)",
 }
-#: What covers the image (no-face policy "obfuscate") or the rest of the anonymized box
-#: (aligned-crop methods) when the chosen method cannot: strong enough that no recognizer
-#: the project measures links the result (docs/benchmarks.md), and it never needs landmarks.
-FALLBACK_METHOD = ("pixelate", {"size": 8})
 
 
 @dataclass

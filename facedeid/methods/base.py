@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -167,6 +168,29 @@ class Param:
             bounds.append("safe: " + self.safe_range())
         extra = f" ({', '.join(bounds)})" if bounds else ""
         return f"{self.name}={self.default!r}: {self.help}{extra}"
+
+
+_LOADED_WEIGHTS: dict[tuple[str, str], Any] = {}
+
+
+def load_weights_once(path: str | Path, loader: Callable[[Path], Any]) -> Any:
+    """``loader(path)``, run once per checkpoint file and loader for the whole process.
+
+    Methods are built again and again (every video, every service job, every evaluator
+    worker); reading and rebuilding a network each time would dominate small jobs.
+    """
+    path = Path(path)
+    key = (f"{loader.__module__}.{loader.__qualname__}", str(path.resolve()))
+    if key not in _LOADED_WEIGHTS:
+        _LOADED_WEIGHTS[key] = loader(path)
+    return _LOADED_WEIGHTS[key]
+
+
+#: The classic operator that covers what a method cannot: the image when no face is found
+#: (no-face policy "obfuscate"), the rest of the box under an aligned crop, faces a learned
+#: method was not trained for. Strong enough that no recognizer the project measures links the
+#: result (docs/benchmarks.md), and it never needs landmarks.
+FALLBACK_METHOD = ("pixelate", {"size": 8})
 
 
 def require_positive(params: dict, name: str, meaning: str) -> None:

@@ -21,13 +21,12 @@ As with :mod:`facedeid.methods.ksame` there are two uses:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..alignment import FaceCrop
 from ..errors import InvalidParameterError
-from .base import DeidMethod, FaceContext, Param
+from .base import DeidMethod, FaceContext, Param, load_weights_once
 from .ksame import fit_gallery, k_same_clusters, nearest_in_gallery
 from .private_encoder import match_colours
 from .registry import register
@@ -35,26 +34,16 @@ from .registry import register
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_GENERATOR = CHECKPOINT_DIR / "face_generator.pt"
 
-_LOADED: dict[str, Any] = {}
-
-
-def _load(path: Path):
-    key = str(path.resolve())
-    if key not in _LOADED:
-        from ..models.face_generator import load_generator
-        _LOADED[key] = load_generator(path)
-    return _LOADED[key]
-
-
 def encode_faces(encoder, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """``(N, S, S, 3) uint8`` aligned faces -> ``(N, D) float32`` flat latent codes."""
     import torch
 
+    from ..models.tensors import crops_to_tensor
+
     codes = []
     with torch.no_grad():
         for start in range(0, len(faces), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size]))
-            codes.append(encoder(chunk.permute(0, 3, 1, 2).float() / 255.0).flat().numpy())
+            codes.append(encoder(crops_to_tensor(faces[start:start + batch_size])).flat().numpy())
     return np.concatenate(codes) if codes else np.zeros((0, 0), np.float32)
 
 
@@ -63,11 +52,11 @@ def decode_codes(generator, codes: np.ndarray) -> np.ndarray:
     import torch
 
     from ..models.face_generator import FaceLatent
+    from ..models.tensors import tensor_to_crops
 
     with torch.no_grad():
         latent = FaceLatent.from_flat(torch.from_numpy(codes.astype(np.float32)), generator.config)
-        faces = generator(latent)
-    return (faces.permute(0, 2, 3, 1) * 255.0).round().clamp(0, 255).byte().numpy()
+        return tensor_to_crops(generator(latent))
 
 
 def k_same_net(aligned: np.ndarray, k: int, encoder, generator) -> np.ndarray:
@@ -101,7 +90,8 @@ class KSameNet(DeidMethod):
 
     def validate(self) -> None:
         path = Path(self.config["generator"]) if self.config["generator"] else DEFAULT_GENERATOR
-        self.encoder, self.generator, _ = _load(path)
+        from ..models.face_generator import load_generator
+        self.encoder, self.generator, _ = load_weights_once(path, load_generator)
         self.aligned_size = int(self.generator.config.image_size)
 
     def _gallery_codes(self) -> np.ndarray:

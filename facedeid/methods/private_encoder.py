@@ -23,13 +23,12 @@ Faces the model was not trained for are covered by the pipeline's classic fallba
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from ..alignment import FaceAligner, FaceCrop
-from .base import DeidMethod, FaceContext, Param
+from .base import FALLBACK_METHOD, DeidMethod, FaceContext, Param, load_weights_once
 from .registry import create_method, register
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -42,17 +41,6 @@ MAX_LANDMARK_RESIDUAL = 0.06
 #: nose offset from the eye midpoint along the eye line, in eye distances, beyond which a face
 #: counts as profile (CelebA test photos: median 0.09, 99th percentile 0.51, max 0.66)
 MAX_YAW_RATIO = 0.6
-FALLBACK = ("pixelate", {"size": 8})
-
-_LOADED: dict[str, tuple[Any, dict]] = {}
-
-
-def _load(path: Path):
-    key = str(path.resolve())
-    if key not in _LOADED:
-        from ..models.private_encoder import load_private_face_model
-        _LOADED[key] = load_private_face_model(path)
-    return _LOADED[key]
 
 
 def face_problem(crop: FaceCrop, template: np.ndarray) -> str | None:
@@ -131,12 +119,13 @@ class PrivateEncoderMethod(DeidMethod):
 
     def validate(self) -> None:
         path = Path(self.config["checkpoint"]) if self.config["checkpoint"] else DEFAULT_CHECKPOINT
-        self.model, payload = _load(path)
+        from ..models.private_encoder import load_private_face_model
+        self.model, payload = load_weights_once(path, load_private_face_model)
         self.checkpoint_path = path
         self.aligned_size = int(self.model.generator.config.image_size)
         self.trained_with = tuple(payload.get("trained_with") or ("faceres",))
         self.template = FaceAligner(self.aligned_size).template
-        self.fallback = create_method(FALLBACK[0], **FALLBACK[1])
+        self.fallback = create_method(FALLBACK_METHOD[0], **FALLBACK_METHOD[1])
 
     def apply(self, crop: FaceCrop, context: FaceContext) -> np.ndarray:
         return self.apply_batch([crop], [context])[0]
@@ -152,7 +141,7 @@ class PrivateEncoderMethod(DeidMethod):
             if problem is None:
                 drawable.append(index)
                 continue
-            context.notes.update(fallback=FALLBACK[0], reason=problem)
+            context.notes.update(fallback=FALLBACK_METHOD[0], reason=problem)
             outputs[index] = self.fallback.apply(crop, context)
         if drawable:
             generated = self.model.anonymize(np.stack([crops[i].pixels for i in drawable]),

@@ -14,19 +14,17 @@ torch is imported only when the method is built, so ``import facedeid`` stays li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..alignment import FaceCrop
 from ..errors import InvalidInputError, InvalidParameterError
-from .base import DeidMethod, FaceContext, Param
+from .base import DeidMethod, FaceContext, Param, load_weights_once
 from .registry import create_method, parse_spec, register
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "qmvae_expression.pt"
-
-_LOADED: dict[str, tuple[Any, dict]] = {}  # resolved checkpoint path -> (model, payload)
 
 
 def build_input_methods(inputs: Sequence[str]) -> list[DeidMethod]:
@@ -55,14 +53,6 @@ def deidentified_versions(crop: FaceCrop, methods: Sequence[DeidMethod],
     return versions
 
 
-def _load(path: Path):
-    key = str(path.resolve())
-    if key not in _LOADED:
-        from ..models.qmvae import load_qmvae
-        _LOADED[key] = load_qmvae(path)
-    return _LOADED[key]
-
-
 @register
 class QMVAEMethod(DeidMethod):
     """N classic de-identifications of the aligned face, fused by a trained QM-VAE."""
@@ -80,7 +70,8 @@ class QMVAEMethod(DeidMethod):
 
     def validate(self) -> None:
         path = Path(self.config["checkpoint"]) if self.config["checkpoint"] else DEFAULT_CHECKPOINT
-        self.model, payload = _load(path)
+        from ..models.qmvae import load_qmvae
+        self.model, payload = load_weights_once(path, load_qmvae)
         self.checkpoint_path = path
         self.aligned_size = int(self.model.config.image_size)  # instance override of the class value
         self.inputs = list(self.model.config.inputs)

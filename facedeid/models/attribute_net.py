@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 DEFAULT_ATTRIBUTES = ("Male", "Smiling", "Big_Nose", "Eyeglasses", "Young")
 CROP_SIZE = 64
 FACE_FRACTION = 0.8  # FaceAligner default: the 112-template face fills 80% of the crop
@@ -69,8 +70,3 @@ class AttributeNet(nn.Module):
         features = self.trunk((x - 0.5) / 0.25).mean(dim=(2, 3))
         features = self.dropout(features)
         return torch.cat([head(features) for head in self.heads], dim=1)
-
-
-def crops_to_tensor(crops: np.ndarray) -> torch.Tensor:
-    """``(N, H, W, 3) uint8`` -> ``(N, 3, H, W)`` float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0

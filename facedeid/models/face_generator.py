@@ -89,9 +89,6 @@ class FaceLatent(NamedTuple):
     spatial: torch.Tensor
     styles: torch.Tensor
 
-    def detach(self) -> "FaceLatent":
-        return FaceLatent(self.spatial.detach(), self.styles.detach())
-
     def flat(self) -> torch.Tensor:
         """``(B, C*64 + K*D)``: the code as one vector (for averaging, noise, Gaussian fits)."""
         return torch.cat([self.spatial.flatten(1), self.styles.flatten(1)], dim=1)

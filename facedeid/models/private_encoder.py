@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import MissingWeightsError
 from .checkpoint_files import read_payload, save_payload
 from .face_generator import FaceEncoder, FaceGenerator, FaceLatent, GeneratorConfig, half_state
+from .tensors import crops_to_tensor, tensor_to_crops
 
 CHECKPOINT_FORMAT = "facedeid.private_encoder/1"
 TRAIN_COMMAND_HINT = ("make one with `facedeid train private-encoder --generator GEN.pt --out PE.pt` "
@@ -101,9 +102,13 @@ class PrivateEncoder(nn.Module):
         self.register_buffer("edit_basis", torch.zeros(basis_rank, flat))
 
     def forward(self, faces: torch.Tensor, beta: torch.Tensor | float) -> FaceLatent:
-        latent = self.encoder(faces)
-        beta = torch.as_tensor(beta, dtype=faces.dtype, device=faces.device)
-        beta_code = beta_features(beta.expand(faces.shape[0]) if beta.dim() == 0 else beta)
+        return self.edit(self.encoder(faces), beta)
+
+    def edit(self, latent: FaceLatent, beta: torch.Tensor | float) -> FaceLatent:
+        """The PENs' rewrite of an already encoded face (training encodes once per step)."""
+        spatial = latent.spatial
+        beta = torch.as_tensor(beta, dtype=spatial.dtype, device=spatial.device)
+        beta_code = beta_features(beta.expand(spatial.shape[0]) if beta.dim() == 0 else beta)
         styles = torch.stack([pen(latent.styles[:, k], beta_code)
                               for k, pen in enumerate(self.style_pens)], dim=1)
         edited = FaceLatent(self.spatial_pen(latent.spatial, beta_code), styles)
@@ -128,13 +133,9 @@ class PrivateFaceModel(nn.Module):
     @torch.no_grad()
     def anonymize(self, crops: np.ndarray, beta: float, batch_size: int = 32) -> np.ndarray:
         """``(N, S, S, 3) uint8`` aligned crops -> ``(N, S, S, 3) uint8`` private faces."""
-        outputs = []
-        for start in range(0, len(crops), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size]))
-            faces = chunk.permute(0, 3, 1, 2).float() / 255.0
-            private = self(faces, float(beta))
-            outputs.append((private.permute(0, 2, 3, 1) * 255.0).round().clamp(0, 255)
-                           .byte().numpy())
+        outputs = [tensor_to_crops(self(crops_to_tensor(crops[start:start + batch_size]),
+                                        float(beta)))
+                   for start in range(0, len(crops), batch_size)]
         size = self.generator.config.image_size
         return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import MissingWeightsError
 from .checkpoint_files import read_payload, save_payload
+from .tensors import crops_to_tensor, tensor_to_crops
 
 CHECKPOINT_FORMAT = "facedeid.qmvae/1"
 TRAIN_COMMAND_HINT = ("train one with `facedeid train qmvae --data ../shared/data/celeba-first10k"
@@ -208,10 +209,8 @@ class QMVAE(nn.Module):
         self.eval()
         outputs = []
         for start in range(0, len(stack), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(stack[start:start + batch_size]))
-            chunk = chunk.permute(0, 3, 1, 2).float() / 255.0
-            faces = self(chunk).reconstruction
-            outputs.append((faces.permute(0, 2, 3, 1) * 255.0).round().clamp(0, 255).byte().numpy())
+            faces = self(crops_to_tensor(stack[start:start + batch_size])).reconstruction
+            outputs.append(tensor_to_crops(faces))
         self.train(was_training)
         return np.concatenate(outputs) if outputs else np.zeros((0,) + stack.shape[1:3] + (3,), np.uint8)
 

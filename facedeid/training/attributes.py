@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.attribute_net import CROP_SIZE, DEFAULT_ATTRIBUTES, AttributeNet, attribute_crop, \
-    crops_to_tensor
+from ..models.attribute_net import CROP_SIZE, DEFAULT_ATTRIBUTES, AttributeNet, attribute_crop
+from ..models.tensors import crops_to_tensor
 
 CHECKPOINT_FORMAT = "facedeid-attributes-v1"
 MARGIN = 4

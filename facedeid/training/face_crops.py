@@ -71,7 +71,7 @@ def cached_aligned_crops(cache_dir: Path, tag: str, records: Sequence, size: int
 
 def generator_training_crops(data_root: Path, size: int, cache_dir: Path, threads: int = 1,
                              limit: int | None = None):
-    """``(train crops, train keys, held-out test crops, summary)`` for the face generator.
+    """``(train crops, held-out test crops, summary)`` for the face generator.
 
     The held-out crops (the 40 test people) are returned only so a trainer can *report* on
     unseen faces; they must never enter a gradient step. ``limit`` keeps the first N records of
@@ -82,10 +82,10 @@ def generator_training_crops(data_root: Path, size: int, cache_dir: Path, thread
     train_records, held_records, _, summary = select_records(Path(data_root))
     if limit is not None:
         train_records, held_records = train_records[:limit], held_records[:limit]
-    train, train_keys, train_skipped = cached_aligned_crops(cache_dir, "train", train_records,
-                                                            size, threads)
+    train, _, train_skipped = cached_aligned_crops(cache_dir, "train", train_records, size,
+                                                   threads)
     held, _, held_skipped = cached_aligned_crops(cache_dir, "heldout", held_records, size,
                                                  threads)
     summary = dict(summary, train_crops=len(train), train_skipped_no_face=train_skipped,
                    held_out_crops=len(held), held_out_skipped_no_face=held_skipped)
-    return train, train_keys, held, summary
+    return train, held, summary

@@ -77,12 +77,7 @@ def plain_arguments(args: argparse.Namespace) -> dict:
             for key, value in vars(args).items() if not callable(value)}
 
 
-def _to_tensor(crops: np.ndarray):
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def _flip_half(batch, rng: np.random.Generator):
+def flip_half(batch, rng: np.random.Generator):
     flip = rng.random(len(batch)) < 0.5
     batch[flip] = batch[flip].flip(-1)
     return batch
@@ -108,12 +103,13 @@ def train(args: argparse.Namespace) -> dict:
                                          PatchDiscriminator)
     from ..models.checkpoint_files import read_payload, save_payload
     from ..models.perceptual import FaceresPerceptual
+    from ..models.tensors import crops_to_tensor
     from .face_crops import generator_training_crops
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    crops, _, held, summary = generator_training_crops(
+    crops, held, summary = generator_training_crops(
         args.data_root or default_data_root(), args.size, args.cache, args.threads, args.limit)
     print(json.dumps(summary), flush=True)
     widths = (256, 128, 64, 32) if args.size == 64 else (256, 128, 64, 32, 24)
@@ -138,7 +134,7 @@ def train(args: argparse.Namespace) -> dict:
         for each_optimizer, rate in ((optimizer, args.lr), (critic_optimizer, args.critic_lr)):
             for group in each_optimizer.param_groups:  # the rates given now, not the saved ones
                 group["lr"] = rate
-    held_faces = _to_tensor(held[np.random.default_rng(0).permutation(len(held))[:64]])
+    held_faces = crops_to_tensor(held[np.random.default_rng(0).permutation(len(held))[:64]])
 
     def save_work():
         save_payload(args.work, {"format": "facedeid.generator_training/1", "step": step,
@@ -155,7 +151,7 @@ def train(args: argparse.Namespace) -> dict:
     running: dict[str, list[float]] = {}
     while step < args.steps and time.perf_counter() - started < budget:
         index = rng.integers(0, len(crops), args.batch_size)
-        real = _flip_half(_to_tensor(crops[index]), rng)
+        real = flip_half(crops_to_tensor(crops[index]), rng)
         adversarial = step >= args.adv_start and args.adv_weight > 0
         if adversarial:  # critic step: real vs (detached) reconstructions, R1 on reals
             with torch.no_grad():
@@ -212,11 +208,12 @@ def export(args, encoder, generator, crops, held_faces, perceptual, history, sum
     import torch
 
     from ..models.face_generator import save_generator
+    from ..models.tensors import crops_to_tensor
 
     encoder.eval()
     generator.eval()
     with torch.no_grad():
-        codes = torch.cat([encoder(_to_tensor(crops[start:start + 256])).flat()
+        codes = torch.cat([encoder(crops_to_tensor(crops[start:start + 256])).flat()
                            for start in range(0, len(crops), 256)])
     generator.fit_latent_prior(codes)
     metrics = {"steps": step, "seconds": round(spent, 1), "data": summary,

@@ -111,7 +111,8 @@ def train(args: argparse.Namespace) -> dict:
     from ..models.perceptual import FaceresPerceptual
     from ..models.private_encoder import PrivateEncoder, PrivateFaceModel, save_private_encoder
     from .face_crops import generator_training_crops
-    from .generator import _flip_half, _to_tensor
+    from ..models.tensors import crops_to_tensor
+    from .generator import flip_half
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -119,7 +120,7 @@ def train(args: argparse.Namespace) -> dict:
     work = args.work or args.out.with_suffix(".work.pt")
     gen_encoder, generator, gen_payload = load_generator(args.generator)
     config = generator.config
-    crops, _, held, summary = generator_training_crops(
+    crops, held, summary = generator_training_crops(
         args.data_root or default_data_root(), config.image_size, args.cache, args.threads,
         args.limit)
     print(json.dumps(summary), flush=True)
@@ -141,7 +142,7 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         step, history, spent = state["step"], state["history"], state["seconds"]
         rng = np.random.default_rng([args.seed, step])
-    held_faces = _to_tensor(held[np.random.default_rng(0).permutation(len(held))[:32]])
+    held_faces = crops_to_tensor(held[np.random.default_rng(0).permutation(len(held))[:32]])
     with torch.no_grad():
         held_descriptors = faceres(held_faces).descriptor
 
@@ -156,14 +157,14 @@ def train(args: argparse.Namespace) -> dict:
                     mininterval=10)
     running: dict[str, list[float]] = {}
     while step < args.steps and time.perf_counter() - started < args.minutes * 60:
-        faces = _flip_half(_to_tensor(crops[rng.integers(0, len(crops), args.batch_size)]), rng)
+        faces = flip_half(crops_to_tensor(crops[rng.integers(0, len(crops), args.batch_size)]), rng)
         beta = torch.full((len(faces),), float(args.beta)) if args.beta is not None \
             else torch.from_numpy(rng.random(len(faces)).astype(np.float32))
         with torch.no_grad():
             original_descriptor = faceres(faces).descriptor
-        with torch.no_grad():
+        with torch.no_grad():  # the encoder is frozen: encode once, the PENs edit that code
             reconstruction_code = private_encoder.encoder(faces)
-        private_code = private_encoder(faces, beta)
+        private_code = private_encoder.edit(reconstruction_code, beta)
         private = generator(private_code)
         prior = generator.edit_cost(private_code, reconstruction_code).mean()
         l2 = (private - faces).pow(2).mean()

@@ -89,7 +89,8 @@ class AttributeService(ServiceEvaluator):
     def predict(self, images: list[np.ndarray], boxes: list | None = None) -> ServiceOutput:
         import torch
 
-        from ...models.attribute_net import CROP_SIZE, attribute_crop, crops_to_tensor
+        from ...models.attribute_net import CROP_SIZE, attribute_crop
+        from ...models.tensors import crops_to_tensor
 
         boxes = check_inputs(images, boxes)
         crops = np.zeros((len(images), CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
