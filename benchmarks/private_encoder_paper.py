@@ -231,20 +231,12 @@ def before_after_grid(path: Path, count: int = 6) -> None:
     """Fig. 6-like: originals and outputs at β = 0, 0.2, 0.4, 0.6, 1.0, whole images."""
     from PIL import Image
 
-    from facedeid.io.datasets import held_out_identities, read_identities
+    from facedeid.io.datasets import first_photo_of_each_held_out_person
     from facedeid.io.images import read_image
     from facedeid.pipeline import Anonymizer
 
-    root = REPO.parent / "shared" / "data" / "celeba-id200"
-    people, test_people = read_identities(root), held_out_identities(root)
-    files, seen = [], set()
-    for image_path in sorted((root / "img_align_celeba").glob("*.jpg")):
-        person = people.get(image_path.name)
-        if person in test_people and person not in seen:
-            seen.add(person)
-            files.append(image_path)
-        if len(files) == count:
-            break
+    files = first_photo_of_each_held_out_person(REPO.parent / "shared" / "data" / "celeba-id200",
+                                                count)
     anonymizers = [Anonymizer("private_encoder", {"beta": beta}, allow_weak=True)
                    for beta in (0.0, 0.2, 0.4, 0.6, 1.0)]
     rows = []

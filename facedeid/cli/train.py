@@ -12,7 +12,7 @@ import sys
 from ..errors import InvalidInputError, InvalidParameterError
 from ..training.qmvae import MODES, TrainConfig
 
-HELP = "train a learned model (qmvae, generator, private-encoder)"
+HELP = "train a learned model (qmvae, generator, private-encoder, eeae)"
 
 QMVAE_DESCRIPTION = """\
 Train QM-VAE (Qiu et al. 2022): the de-identified versions of every face (--inputs) are fused
@@ -64,6 +64,7 @@ def register(subparsers) -> None:
     _register_qmvae(trainers)
     _register_generator(trainers)
     _register_private_encoder(trainers)
+    _register_eeae(trainers)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
@@ -208,6 +209,7 @@ def _register_model_trainer(trainers, name: str, module, help_text: str, check=N
             check(args)
         _refuse_overwriting_inputs(args.out, ("--generator checkpoint",
                                               getattr(args, "generator", None)),
+                                   ("--external autoencoder", getattr(args, "external", None)),
                                    ("--work training state", args.work))
         module.train(args)
         return 0
@@ -230,3 +232,18 @@ def _register_private_encoder(trainers) -> None:
     from ..training import private_encoder
     _register_model_trainer(trainers, "private-encoder", private_encoder,
                             "Private-Encoder (seed 003) with its beta knob", _check_beta)
+
+
+def _check_attribute_set(args: argparse.Namespace) -> None:
+    from ..models.eeae import attribute_names
+    try:
+        attribute_names(args.attributes)
+    except ValueError as error:
+        raise InvalidParameterError(f"--attributes: {error}") from None
+
+
+def _register_eeae(trainers) -> None:
+    from ..training import eeae
+    _register_model_trainer(trainers, "eeae", eeae,
+                            "EEAE embedded autoencoders for an attribute set (seed 004)",
+                            _check_attribute_set)

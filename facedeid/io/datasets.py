@@ -186,6 +186,21 @@ def held_out_identities(id200_root: str | os.PathLike) -> set[str]:
             read_celeba_id200_index(id200_root, DISJOINT_SPLIT_FILE) if not is_train}
 
 
+def first_photo_of_each_held_out_person(id200_root: str | os.PathLike,
+                                        count: int | None = None) -> list[Path]:
+    """The first photo (by file name) of each of the 40 held-out people, up to ``count``:
+    one face per never-seen person, for grids and quick checks."""
+    root = Path(id200_root)
+    test_people, people = held_out_identities(root), read_identities(root)
+    files, seen = [], set()
+    for path in sorted((root / "img_align_celeba").glob("*.jpg")):
+        person = people.get(path.name)
+        if person in test_people and person not in seen:
+            seen.add(person)
+            files.append(path)
+    return files[:count]
+
+
 def load_celeba(root: str | os.PathLike, split: str | None = None, split_source: str = "auto",
                 name: str | None = None) -> FaceDataset:
     """CelebA (full or a subset in the official layout).

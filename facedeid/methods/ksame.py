@@ -16,8 +16,9 @@ Implements:
   de-identification", PET 2005): partition H by a utility label (expression, gender, ...) and run
   k-Same inside every part, so the average keeps that label.
 
-k-Same-M (active appearance model averaging) is not implemented; k-Same-Net (averaging in a
-generator's latent space) is :mod:`facedeid.methods.ksame_net`.
+k-Same-M (averaging in an appearance model's shape and texture coefficients) is
+:mod:`facedeid.methods.ksame_m`; k-Same-Net (averaging in a generator's latent space) is
+:mod:`facedeid.methods.ksame_net`.
 
 Two ways to use it:
 
