@@ -69,7 +69,7 @@ def test_missing_and_foreign_checkpoints_name_the_file_and_the_command(tmp_path,
                                                                       tiny_checkpoints):
     with pytest.raises(EEAECheckpointError, match="facedeid train eeae"):
         load_eeae(tmp_path / "absent.pt")
-    with pytest.raises(EEAECheckpointError, match="not a EEAE attribute-set"):
+    with pytest.raises(EEAECheckpointError, match="not a trained EEAE attribute set"):
         load_eeae(tiny_checkpoints["external"])
 
 

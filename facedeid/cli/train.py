@@ -210,6 +210,7 @@ def _register_model_trainer(trainers, name: str, module, help_text: str, check=N
         _refuse_overwriting_inputs(args.out, ("--generator checkpoint",
                                               getattr(args, "generator", None)),
                                    ("--external autoencoder", getattr(args, "external", None)),
+                                   ("--fsn-from checkpoint", getattr(args, "fsn_from", None)),
                                    ("--work training state", args.work))
         module.train(args)
         return 0

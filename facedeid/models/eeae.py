@@ -225,7 +225,7 @@ def save_external(path: str | Path, external: ExternalAutoEncoder, meta: dict) -
 
 
 def load_external(path: str | Path) -> tuple[ExternalAutoEncoder, dict]:
-    payload = _read(path, EXTERNAL_FORMAT, "EEAE external autoencoder")
+    payload = _read(path, EXTERNAL_FORMAT, "trained EEAE external autoencoder")
     external = ExternalAutoEncoder(EEAEConfig(**payload["config"]))
     return _load_state(external, payload["external"]), payload
 
@@ -252,7 +252,7 @@ def _read(path: str | Path, expected: str, what: str) -> dict:
 
 def load_eeae(path: str | Path) -> tuple[dict, dict]:
     """``({"fsn": ..., "internal": ... | None, "sprn": ... | None}, payload)`` for one set."""
-    payload = _read(path, CHECKPOINT_FORMAT, "EEAE attribute-set checkpoint")
+    payload = _read(path, CHECKPOINT_FORMAT, "trained EEAE attribute set")
     config = EEAEConfig(**payload["config"])
     networks = {"fsn": _load_state(FeatureSelectionNetwork(payload["attribute_names"], config),
                                    payload["fsn"])}
