@@ -333,7 +333,8 @@ def alpha2_sweep(folder: Path, crops, labels, attackers: Attackers) -> list[dict
     from facedeid.models.eeae import load_eeae
 
     rows = []
-    paths = sorted(folder.glob("gsb_a2_*.pt")) + [CHECKPOINT_DIR / "gsb.pt"]
+    paths = sorted(p for p in folder.glob("gsb_a2_*.pt") if not p.name.endswith(".work.pt"))
+    paths.append(CHECKPOINT_DIR / "gsb.pt")
     for path in paths:
         alpha2 = load_eeae(path)[1]["loss_weights"]["alpha2"]
         private = create_method("eeae", attributes="gsb", checkpoint=str(path)).network \
@@ -341,7 +342,7 @@ def alpha2_sweep(folder: Path, crops, labels, attackers: Attackers) -> list[dict
         outputs = {"original": crops, "prn-gsb": private}
         accuracy = attribute_scores(outputs, labels)["prn-gsb"]
         privacy = privacy_scores(outputs, attackers)["prn-gsb"]
-        rows.append({"alpha2": alpha2, "checkpoint": str(path.relative_to(REPO)),
+        rows.append({"alpha2": alpha2, "checkpoint": str(path),
                      "fsn_gsb": accuracy["fsn"]["gsb"]["mean"],
                      "independent": {a: accuracy["independent"][a]
                                      for a in ("Male", "Smiling", "Big_Nose")},
@@ -357,6 +358,9 @@ def main() -> int:
     parser.add_argument("--celeba-test-limit", type=int, default=1000,
                         help="first N faces of celeba-test (default 1000 of 1,949: CPU budget)")
     parser.add_argument("--img", type=Path, default=REPO / "docs" / "img")
+    parser.add_argument("--reuse-sets", action="store_true",
+                        help="take both sets' tables from OUT/results.json and run only the "
+                             "sweep, curves and speed")
     parser.add_argument("--sweep", type=Path, default=None,
                         help="folder of gsb_a2_<alpha2>.pt PRNs for the alpha2 curve")
     args = parser.parse_args()
@@ -364,7 +368,14 @@ def main() -> int:
     started = time.perf_counter()
     attackers = Attackers()
     results = {"limit": args.limit, "sets": {}, "load_start": os.getloadavg()}
+    previous = args.out / "results.json"
+    if args.reuse_sets and previous.is_file():
+        results["sets"] = json.loads(previous.read_text())["sets"]
     for set_name, (crops, labels) in test_sets(args.limit).items():
+        if set_name in results["sets"]:
+            if set_name == "id200-disjoint" and args.sweep is not None:
+                results["alpha2_sweep"] = alpha2_sweep(args.sweep, crops, labels, attackers)
+            continue
         if set_name == "celeba-test" and args.celeba_test_limit:
             crops = crops[:args.celeba_test_limit]
             labels = {a: v[:args.celeba_test_limit] for a, v in labels.items()}
@@ -372,6 +383,8 @@ def main() -> int:
         results["sets"][set_name] = {"faces": len(crops),
                                      "attributes": attribute_scores(outputs, labels),
                                      "rank1": privacy_scores(outputs, attackers)}
+        # written after every set, so a later failure keeps what was measured
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
         if set_name == "id200-disjoint":
             before_after_grid(outputs, args.img / "eeae_grid.png")
             if args.sweep is not None:
