@@ -272,6 +272,17 @@ def nearest_in_gallery(gallery: np.ndarray, query: np.ndarray, count: int) -> np
     return np.lexsort((np.arange(len(gallery)), distances))[:count]
 
 
+def require_gallery_size(k: int, usable: int, qualifier: str = "") -> None:
+    """Refuse a k the gallery cannot serve: the input plus k-1 *other* faces are averaged.
+
+    ``qualifier`` follows the usable count in the message (e.g. which faces count as usable).
+    """
+    if k - 1 > usable:
+        raise InvalidParameterError(
+            f"k = {k} needs {k - 1} gallery faces besides the input, the gallery has "
+            f"{usable}{qualifier}; lower k or pass a larger gallery")
+
+
 def k_same_with_gallery(face: np.ndarray, gallery: np.ndarray, k: int, variant: str = "pixel",
                         eigen: EigenFaces | None = None) -> np.ndarray:
     """Average of ``face`` ((S, S, 3) uint8) and its k-1 nearest ``gallery`` faces.
@@ -280,10 +291,7 @@ def k_same_with_gallery(face: np.ndarray, gallery: np.ndarray, k: int, variant: 
     Euclidean distance in pixel space (``variant="pixel"``) or PCA space (``"eigen"``, which
     also averages and reconstructs in that space), ties broken by gallery order.
     """
-    if k - 1 > len(gallery):
-        raise InvalidParameterError(
-            f"k = {k} needs {k - 1} gallery faces besides the input, the gallery has "
-            f"{len(gallery)}; lower k or pass a larger gallery")
+    require_gallery_size(k, len(gallery))
     if variant == "eigen":
         if eigen is None:
             raise InvalidParameterError("variant 'eigen' needs fitted eigenfaces")

@@ -68,7 +68,7 @@ from ..alignment import FaceAligner, FaceCrop
 from ..errors import InvalidInputError, InvalidParameterError
 from .base import DeidMethod, FaceContext, Param
 from .ksame import EigenFaces, fit_gallery, k_same_clusters, k_same_pixel, k_same_with_gallery, \
-    nearest_in_gallery
+    nearest_in_gallery, require_gallery_size
 from .registry import register
 
 #: Crops are upscaled to at least this side before dlib looks at them: its HOG window is 80 px
@@ -411,16 +411,10 @@ class KSameM(DeidMethod):
         if not hasattr(self, "_fitted_model"):
             k = self.config["k"]
             gallery = fit_gallery(self.config["gallery"], self.aligned_size)
-            if k - 1 > len(gallery):
-                raise InvalidParameterError(
-                    f"k = {k} needs {k - 1} gallery faces besides the input, the gallery has "
-                    f"{len(gallery)}; lower k or pass a larger gallery")
+            require_gallery_size(k, len(gallery))
             model = fit_gallery_model(self.config["gallery"], self.aligned_size)
-            if k - 1 > len(model.gallery_faces):
-                raise InvalidParameterError(
-                    f"k = {k} needs {k - 1} gallery faces besides the input, the gallery has "
-                    f"{len(model.gallery_faces)} whose landmarks could be fitted (of "
-                    f"{len(gallery)}); lower k or pass a larger gallery")
+            require_gallery_size(k, len(model.gallery_faces),
+                                 f" whose landmarks could be fitted (of {len(gallery)})")
             self._fitted_model = model
         return self._fitted_model
 

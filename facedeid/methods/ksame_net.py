@@ -27,7 +27,7 @@ import numpy as np
 from ..alignment import FaceCrop
 from ..errors import InvalidParameterError
 from .base import DeidMethod, FaceContext, Param, load_weights_once
-from .ksame import fit_gallery, k_same_clusters, nearest_in_gallery
+from .ksame import fit_gallery, k_same_clusters, nearest_in_gallery, require_gallery_size
 from .private_encoder import match_colours
 from .registry import register
 
@@ -97,10 +97,7 @@ class KSameNet(DeidMethod):
     def _gallery_codes(self) -> np.ndarray:
         if not hasattr(self, "_codes"):
             gallery = fit_gallery(self.config["gallery"], self.aligned_size)
-            if self.config["k"] - 1 > len(gallery):
-                raise InvalidParameterError(
-                    f"k = {self.config['k']} needs {self.config['k'] - 1} gallery faces besides "
-                    f"the input, the gallery has {len(gallery)}; lower k or pass a larger gallery")
+            require_gallery_size(self.config["k"], len(gallery))
             self._codes = encode_faces(self.encoder, gallery)
         return self._codes
 

@@ -69,16 +69,17 @@ class FaceresOutput(NamedTuple):
     age: torch.Tensor
 
 
-def preprocess(faces: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, H, W)`` float RGB in [0, 1] -> ``(N, 224, 224, 3)`` float BGR minus ImageNet means.
+def preprocess(faces: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """``(N, 3, H, W)`` float RGB in [0, 1] -> ``(N, size, size, 3)`` float BGR minus ImageNet means.
 
-    Resizing (bilinear, only when the side is not 224) and the colour transform are
-    differentiable.
+    Resizing (bilinear, only when the side is not ``size``) and the colour transform are
+    differentiable. ``size`` other than 224 is for training losses that trade descriptor
+    fidelity for speed (the graph runs at other sides too).
     """
     if faces.dim() != 4 or faces.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) RGB faces, got shape {tuple(faces.shape)}")
-    if faces.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-        faces = F.interpolate(faces, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+    if faces.shape[-2:] != (size, size):
+        faces = F.interpolate(faces, size=(size, size), mode="bilinear",
                               align_corners=False, antialias=True)
     means = faces.new_tensor(BGR_MEANS)
     return faces.flip(1).permute(0, 2, 3, 1) * 255.0 - means

@@ -151,13 +151,8 @@ class PEN:
         self.net, self.size = load_faceres(), size
 
     def __call__(self, faces):
-        import torch.nn.functional as F
-
-        from ..models.faceres import BGR_MEANS
-        faces = F.interpolate(faces, size=(self.size, self.size), mode="bilinear",
-                              align_corners=False)
-        graph_input = faces.flip(1).permute(0, 2, 3, 1) * 255.0 - faces.new_tensor(BGR_MEANS)
-        return self.net.postprocess(self.net.run_graph(graph_input)).descriptor
+        from ..models.faceres import preprocess
+        return self.net.postprocess(self.net.run_graph(preprocess(faces, self.size))).descriptor
 
     def descriptors(self, crops: np.ndarray, cache: Path | None = None) -> np.ndarray:
         """Unit descriptors of ``(N, S, S, 3) uint8`` crops, cached by content and size."""
