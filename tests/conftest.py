@@ -84,3 +84,18 @@ def failing_method():
     register(FailsEveryOther)
     yield FailsEveryOther.name
     _REGISTRY.pop(FailsEveryOther.name, None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def password_for_the_password_method():
+    """The password method reads its password from the environment when no terminal asks for
+    it; suites that build every registered method need one. Tests of the no-password path
+    remove it with monkeypatch."""
+    import os
+    previous = os.environ.get("FACEDEID_PASSWORD")
+    os.environ["FACEDEID_PASSWORD"] = "test suite password"
+    yield
+    if previous is None:
+        os.environ.pop("FACEDEID_PASSWORD", None)
+    else:
+        os.environ["FACEDEID_PASSWORD"] = previous

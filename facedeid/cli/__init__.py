@@ -9,10 +9,10 @@ import sys
 import threading
 
 from ..errors import FaceDeidError
-from . import anonymize, attack, demo, doctor, evaluate, methods, serve, train, verify
+from . import anonymize, attack, demo, doctor, evaluate, methods, restore, serve, train, verify
 
 # Order is the order `facedeid --help` lists them in.
-COMMANDS = [anonymize, verify, methods, demo, doctor, evaluate, attack, train, serve]
+COMMANDS = [anonymize, restore, verify, methods, demo, doctor, evaluate, attack, train, serve]
 
 DESCRIPTION = """\
 Remove identity from faces in images and video, and measure what survives.

@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io.images import write_bytes_atomic
 
     files, live = _split_live_inputs(args)
+    if args.method == "password" and not args.json:
+        # `facedeid restore` needs the per-file salt and the face positions
+        args.json = True
+        print("facedeid: --method password writes a .json sidecar beside each output; keep it "
+              "with the image, `facedeid restore` needs it", file=sys.stderr)
     if args.engine == "ray" and live:
         raise InvalidParameterError("--engine ray processes files; webcams and streams run "
                                     "with the local engine")
@@ -140,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
               + (f" ({ignored} file(s) of unknown type ignored)" if ignored else ""),
               file=sys.stderr)
         return 1
+    if args.method == "password" and (live or any(job.kind == "video" for job in plan.jobs)):
+        print("facedeid: note: video outputs of --method password keep one replacement identity "
+              "per track but cannot be restored (`facedeid restore` takes images)", file=sys.stderr)
     # Built here with either engine, so bad method or detector options fail (exit 2) before
     # any work; the Ray actors build their own from the same options.
     anonymizer = build_anonymizer(args, no_face=args.no_face, expect_faces=args.expect_faces)

@@ -65,6 +65,7 @@ def register(subparsers) -> None:
     _register_generator(trainers)
     _register_private_encoder(trainers)
     _register_eeae(trainers)
+    _register_identity_generator(trainers)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
 
 
@@ -248,3 +249,10 @@ def _register_eeae(trainers) -> None:
     _register_model_trainer(trainers, "eeae", eeae,
                             "EEAE embedded autoencoders for an attribute set (seed 004)",
                             _check_attribute_set)
+
+
+def _register_identity_generator(trainers) -> None:
+    from ..training import identity_generator
+    _register_model_trainer(trainers, "identity-generator", identity_generator,
+                            "identity / attribute generator of identity_dp and password "
+                            "(book ch. 5-6)")

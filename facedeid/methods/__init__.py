@@ -21,6 +21,7 @@ from . import private_encoder  # noqa: E402,F401
 from . import ksame_net  # noqa: E402,F401
 from . import ksame_m  # noqa: E402,F401
 from . import eeae  # noqa: E402,F401
+from . import identity_edit  # noqa: E402,F401
 
 __all__ = ["DeidMethod", "FaceContext", "Param", "available_methods", "create_method",
            "method_class", "register"]

@@ -95,6 +95,29 @@ def match_colours(generated: np.ndarray, original: np.ndarray, mask: np.ndarray)
     return cv2.cvtColor(np.clip(source, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def route_faces(method: DeidMethod, crops: list[FaceCrop], contexts: list[FaceContext]
+                ) -> tuple[list[np.ndarray | None], list[int]]:
+    """Which faces a 64-px generator method may draw, and the fallback's output for the rest.
+
+    ``method`` carries ``aligned_size``, ``template`` (the aligner's points) and ``fallback``.
+    Returns the outputs list (filled where the fallback ran, the reason in the face's notes)
+    and the indices left for the method's own model.
+    """
+    outputs: list[np.ndarray | None] = [None] * len(crops)
+    drawable = []
+    for index, (crop, context) in enumerate(zip(crops, contexts)):
+        if crop.pixels.shape[:2] != (method.aligned_size, method.aligned_size):
+            raise ValueError(f"{method.name} needs a {method.aligned_size}x{method.aligned_size} "
+                             f"aligned crop, got {crop.pixels.shape[:2]}")
+        problem = face_problem(crop, method.template)
+        if problem is None:
+            drawable.append(index)
+            continue
+        context.notes.update(fallback=FALLBACK_METHOD[0], reason=problem)
+        outputs[index] = method.fallback.apply(crop, context)
+    return outputs, drawable
+
+
 @register
 class PrivateEncoderMethod(DeidMethod):
     """Encode the face into the generator's latent space with identity similarity ``beta``."""
@@ -131,18 +154,7 @@ class PrivateEncoderMethod(DeidMethod):
         return self.apply_batch([crop], [context])[0]
 
     def apply_batch(self, crops: list[FaceCrop], contexts: list[FaceContext]) -> list[np.ndarray]:
-        outputs: list[np.ndarray | None] = [None] * len(crops)
-        drawable = []
-        for index, (crop, context) in enumerate(zip(crops, contexts)):
-            if crop.pixels.shape[:2] != (self.aligned_size, self.aligned_size):
-                raise ValueError(f"private_encoder needs a {self.aligned_size}x{self.aligned_size} "
-                                 f"aligned crop, got {crop.pixels.shape[:2]}")
-            problem = face_problem(crop, self.template)
-            if problem is None:
-                drawable.append(index)
-                continue
-            context.notes.update(fallback=FALLBACK_METHOD[0], reason=problem)
-            outputs[index] = self.fallback.apply(crop, context)
+        outputs, drawable = route_faces(self, crops, contexts)
         if drawable:
             generated = self.model.anonymize(np.stack([crops[i].pixels for i in drawable]),
                                              self.config["beta"], self.config["batch_size"])

@@ -211,6 +211,44 @@ def _export_session(net: "FaceresNet"):
         return None
 
 
+class ResizedFaceres:
+    """faceres on aligned crops resized to ``size`` px: faces -> unit descriptors, differentiable.
+
+    What the trainers and generator-based methods use as an identity network on the 64-px
+    aligned crops (the EEAE PEN, the identity generator's identity encoder): below 224 px a
+    step costs less, at some loss of descriptor fidelity (``size`` is recorded with the model).
+    """
+
+    def __init__(self, size: int = INPUT_SIZE):
+        self.net, self.size = load_faceres(), size
+
+    def __call__(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.net.postprocess(self.net.run_graph(preprocess(faces, self.size))).descriptor
+
+    def descriptors(self, crops: np.ndarray, cache: Path | None = None,
+                    batch_size: int = 64) -> np.ndarray:
+        """Unit descriptors of ``(N, S, S, 3) uint8`` crops, cached by content and size."""
+        import hashlib
+
+        from .tensors import crops_to_tensor
+        path = None
+        if cache is not None:
+            digest = hashlib.sha256(crops.tobytes()).hexdigest()[:16]
+            path = Path(cache) / f"pen_faceres{self.size}_{digest}.npy"
+            if path.is_file():
+                return np.load(path)
+        with torch.no_grad():
+            out = [self(crops_to_tensor(crops[i:i + batch_size])).numpy()
+                   for i in range(0, len(crops), batch_size)]
+        out = np.concatenate(out) if out else np.zeros((0, DESCRIPTOR_DIM), np.float32)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial.npy")
+            np.save(partial, out)
+            partial.replace(path)
+        return out
+
+
 def margin_box(box: Sequence[float], margin: float = DEFAULT_MARGIN) -> np.ndarray:
     """``x0, y0, x1, y1`` grown by ``margin`` x its width/height on every side."""
     x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))

@@ -143,39 +143,10 @@ def labels_for(keys: list[str], indices: np.ndarray, table: dict, attributes: li
                        for i in indices], dtype=np.int64)
 
 
-class PEN:
+def PEN(size: int):
     """faceres at ``size`` px as Eq. 5's identity embedding (frozen, differentiable)."""
-
-    def __init__(self, size: int):
-        from ..models.faceres import load_faceres
-        self.net, self.size = load_faceres(), size
-
-    def __call__(self, faces):
-        from ..models.faceres import preprocess
-        return self.net.postprocess(self.net.run_graph(preprocess(faces, self.size))).descriptor
-
-    def descriptors(self, crops: np.ndarray, cache: Path | None = None) -> np.ndarray:
-        """Unit descriptors of ``(N, S, S, 3) uint8`` crops, cached by content and size."""
-        import hashlib
-
-        import torch
-
-        from ..models.tensors import crops_to_tensor
-        path = None
-        if cache is not None:
-            digest = hashlib.sha256(crops.tobytes()).hexdigest()[:16]
-            path = Path(cache) / f"pen_faceres{self.size}_{digest}.npy"
-            if path.is_file():
-                return np.load(path)
-        with torch.no_grad():
-            out = np.concatenate([self(crops_to_tensor(crops[i:i + 64])).numpy()
-                                  for i in range(0, len(crops), 64)])
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial.npy")
-            np.save(partial, out)
-            partial.replace(path)
-        return out
+    from ..models.faceres import ResizedFaceres
+    return ResizedFaceres(size)
 
 
 def monitor(model, trainable, fsn, pen: PEN, faces, labels, descriptors) -> dict:

@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from .runs import recorded_command, report_written, script_main
+from .runs import add_generator_run_arguments, recorded_command, report_written, script_main
 
 DESCRIPTION = """\
 Train Private-Encoder (Eq. 4 of seed 003): a feature-pyramid encoder with one privacy
@@ -50,20 +49,10 @@ WORK_FORMAT = "facedeid.private_encoder_training/1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generator", type=Path, required=True,
-                        help="face generator checkpoint (facedeid train generator)")
-    parser.add_argument("--out", type=Path, required=True, help="fp16 checkpoint to write")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="full training state for --resume (default: OUT with .work.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue from --work")
+    add_generator_run_arguments(parser, "face generator checkpoint (facedeid train generator)")
     parser.add_argument("--beta", type=float, default=None,
                         help="train for this one beta (the paper's setting); default: beta is "
                              "an input, drawn uniformly in [0, 1] per face")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder holding celeba-first10k/ and celeba-id200/ (default ../shared/data)")
-    parser.add_argument("--cache", type=Path, default=Path("runs/gen_crops"))
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N training (and held-out) images: quick trials")
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget")
     parser.add_argument("--batch-size", type=int, default=16)

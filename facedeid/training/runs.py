@@ -16,6 +16,22 @@ def recorded_command(trainer: str) -> str:
     return f"facedeid train {trainer} " + " ".join(words)
 
 
+def add_generator_run_arguments(parser: argparse.ArgumentParser, generator_help: str) -> None:
+    """The options every trainer built on the face generator shares: the generator it starts
+    from, the output and resumable work state, and the data it reads."""
+    parser.add_argument("--generator", type=Path, required=True, help=generator_help)
+    parser.add_argument("--out", type=Path, required=True, help="fp16 checkpoint to write")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="full training state for --resume (default: OUT with .work.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from --work")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder holding celeba-first10k/ and celeba-id200/ (default ../shared/data)")
+    parser.add_argument("--cache", type=Path, default=Path("runs/gen_crops"),
+                        help="aligned-crop (and descriptor) cache, shared with the face generator")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N training (and held-out) images: quick trials")
+
+
 def report_written(metrics: dict, path: Path) -> None:
     print(json.dumps(metrics), flush=True)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
