@@ -276,3 +276,21 @@ def test_keeping_the_photos_detail_is_refused_as_weak_unless_asked():
     method = create_method("password", detail="keep", allow_weak=True)
     assert any("detail=keep" in reason for reason in method.weak_reasons)
     assert create_method("password").weak_reasons == []
+
+
+@needs_shipped_model
+def test_a_video_track_keeps_one_noise_draw_across_frames(astronaut, astronaut_face):
+    """The video pipeline seeds each track's generator once per video; identity_dp draws its
+    noise from it, so every frame of a track gets the same replacement identity."""
+    import copy
+
+    from facedeid.pipeline import Anonymizer
+    anonymizer = Anonymizer("identity_dp", {"eps": 6}, landmarks="dlib68", seed=11)
+    tracked = copy.deepcopy(astronaut_face)
+    tracked.track_id = 7
+    other = copy.deepcopy(astronaut_face)
+    other.track_id = 8
+    first, again = (anonymizer.anonymize(astronaut, faces=[copy.deepcopy(tracked)]).image
+                    for _ in range(2))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, anonymizer.anonymize(astronaut, faces=[other]).image)
