@@ -131,8 +131,7 @@ def plot(rows: dict, diversity: dict, path: Path) -> None:
     axes[2].plot(eps, [m["detection"] for m in chosen], "s-", label="detection (dlib HOG)")
     axes[2].set_title("utility vs ε (Fig. 5.5)")
     div_eps = sorted(float(k) for k in diversity)
-    axes[3].plot(div_eps, [diversity[str(k) if str(k) in diversity else f"{k:g}"]["mean_pairwise_dlib"]
-                           for k in div_eps], "o-")
+    axes[3].plot(div_eps, [diversity[f"{k:g}"]["mean_pairwise_dlib"] for k in div_eps], "o-")
     axes[3].axhline(0.6, color="grey", ls=":", label="dlib threshold")
     axes[3].set_title("diversity: 5 draws of one face")
     for axis in axes:
@@ -236,9 +235,11 @@ def password_tables(faces, recognizers: dict, perceptual) -> dict:
     restore with the right password and with a wrong one."""
     import secrets
 
+    import cv2
     import torch
 
     from facedeid.evaluation.quality import face_window, psnr, ssim
+    from facedeid.evaluation.services import create_service
     from facedeid.methods.identity_edit import restore_image
     from facedeid.models.tensors import crops_to_tensor
     from facedeid.pipeline import Anonymizer
@@ -262,8 +263,8 @@ def password_tables(faces, recognizers: dict, perceptual) -> dict:
             values["ssim"].append(ssim(a, b))
             values["mae"].append(float(np.abs(a.astype(float) - b).mean()))
             with torch.no_grad():
-                pair = [crops_to_tensor(np.asarray(
-                    __import__("cv2").resize(x, (64, 64), interpolation=3))[None]) for x in (a, b)]
+                pair = [crops_to_tensor(cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA)[None])
+                        for x in (a, b)]
                 values["lpips_faceres"].append(float(perceptual(*pair).mean()))
         return {k: round(float(np.mean(v)), 4) for k, v in values.items()}
 
@@ -292,7 +293,6 @@ def password_tables(faces, recognizers: dict, perceptual) -> dict:
                     for key, batch in (("deid", deidentified), ("right", right), ("wrong", wrong))}
         restored_faces = [crop(x, w) for x, w in zip(right, windows)]
         original_faces = [crop(x, w) for x, w in zip(images, windows)]
-        from facedeid.evaluation.services import create_service
         detector = create_service("detection")
         detection = detector.compare(detector.predict(images, boxes),
                                      detector.predict(deidentified, boxes))["detection_rate"]
@@ -359,7 +359,6 @@ def speed() -> dict:
     """Faces per second through the redraw (codes + generator) next to Private-Encoder."""
     import torch
 
-    from facedeid.alignment import FaceAligner, FaceCrop  # noqa: F401
     from facedeid.methods.identity_edit import IdentityRedrawer
     from facedeid.methods.private_encoder import DEFAULT_CHECKPOINT
     from facedeid.models.private_encoder import load_private_face_model

@@ -166,35 +166,31 @@ class IdentityRedrawer:
         self.size = int(self.model.config.image_size)
         self.batch_size = batch_size
 
-    def identity_codes(self, pixels: np.ndarray) -> np.ndarray:
-        """``(N, S, S, 3) uint8`` aligned crops -> ``(N, rank)`` identity codes."""
+    def _batches(self, function, *arrays: np.ndarray):
+        """``torch.cat`` of ``function`` over ``batch_size``-row slices of ``arrays``, without
+        gradients (each call gets the numpy slices)."""
         import torch
 
-        from ..models.tensors import crops_to_tensor
         size = self.batch_size
         with torch.no_grad():
-            out = [self.model.space.encode(self.identity_encoder(crops_to_tensor(pixels[i:i + size])))
-                   for i in range(0, len(pixels), size)]
-        return torch.cat(out).numpy()
+            return torch.cat([function(*(a[i:i + size] for a in arrays))
+                              for i in range(0, len(arrays[0]), size)])
 
-    def _batches(self, function, *arrays):
-        """``function`` over ``batch_size`` slices of float32 tensors made from ``arrays``."""
-        import torch
-
-        size, out = self.batch_size, []
-        with torch.no_grad():
-            for i in range(0, len(arrays[0]), size):
-                out.append(function(*(torch.from_numpy(np.ascontiguousarray(a[i:i + size]))
-                                      for a in arrays)))
-        return torch.cat(out)
+    def identity_codes(self, pixels: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3) uint8`` aligned crops -> ``(N, rank)`` identity codes."""
+        from ..models.tensors import crops_to_tensor
+        return self._batches(lambda p: self.model.space.encode(
+            self.identity_encoder(crops_to_tensor(p))), pixels).numpy()
 
     def draw(self, codes: np.ndarray, crops: list[FaceCrop]) -> list[np.ndarray]:
         """Stage III: each crop's attributes drawn with its code, colour-matched to the crop
         inside its paste-back mask."""
+        import torch
+
         from ..models.tensors import crops_to_tensor, tensor_to_crops
         pixels = np.stack([crop.pixels for crop in crops])
         drawn = tensor_to_crops(self._batches(
-            lambda c, p: self.model(c, crops_to_tensor(p.numpy())),
+            lambda c, p: self.model(torch.from_numpy(c), crops_to_tensor(p)),
             np.asarray(codes, np.float32), pixels))
         return [match_colours(face, crop.pixels, crop.mask) for face, crop in zip(drawn, crops)]
 
@@ -208,20 +204,21 @@ class IdentityRedrawer:
         not equal to, the original's, and the fixed point ``X = Y − h(new, r_att(X)) +
         h(old, r_att(X))`` is approached in a few steps).
         """
+        import torch
+
         from ..models.tensors import crops_to_tensor, tensor_to_crops
+
+        def step(base, attribute_source, old, new):
+            attributes = self.model.attributes(crops_to_tensor(attribute_source))
+            return (crops_to_tensor(base) + self.model.fusion(torch.from_numpy(new), attributes)
+                    - self.model.fusion(torch.from_numpy(old), attributes)).clamp(0, 1)
+
         source = np.asarray(pixels)
         from_codes = np.asarray(from_codes, np.float32)
         to_codes = np.asarray(to_codes, np.float32)
-        attribute_source = source
+        result = source
         for _ in range(refinements + 1):
-            def step(x, a, old, new):
-                attributes = self.model.attributes(crops_to_tensor(a.numpy()))
-                base = crops_to_tensor(x.numpy())
-                return (base + self.model.fusion(new, attributes)
-                        - self.model.fusion(old, attributes)).clamp(0, 1)
-            result = tensor_to_crops(self._batches(step, source, attribute_source, from_codes,
-                                                   to_codes))
-            attribute_source = result
+            result = tensor_to_crops(self._batches(step, source, result, from_codes, to_codes))
         return result
 
 
@@ -420,12 +417,20 @@ def restore_image(image: np.ndarray, sidecar: dict, password: bytes,
         crops.append(crop)
         shown.append(new)
         kept.append(notes.get("detail") == "keep")
-    if crops:
-        drawn = redrawer.draw(np.stack(codes), crops)
-        if any(kept):
-            pixels = np.stack([crop.pixels for crop in crops])
-            moved = redrawer.transfer(pixels, np.stack(shown), np.stack(codes), refinements=2)
-            drawn = [m if keep else d for m, d, keep in zip(moved, drawn, kept)]
-        for crop, pixels in zip(crops, drawn):
-            paste_back(output, crop, pixels)
+    restored: list[np.ndarray | None] = [None] * len(crops)
+    for keep, chosen in ((False, [i for i, k in enumerate(kept) if not k]),
+                         (True, [i for i, k in enumerate(kept) if k])):
+        if not chosen:
+            continue
+        picked = [crops[i] for i in chosen]
+        if keep:  # undo the added change; the photo's own detail was never replaced
+            faces = redrawer.transfer(np.stack([crop.pixels for crop in picked]),
+                                      np.stack([shown[i] for i in chosen]),
+                                      np.stack([codes[i] for i in chosen]), refinements=2)
+        else:
+            faces = redrawer.draw(np.stack([codes[i] for i in chosen]), picked)
+        for index, face in zip(chosen, faces):
+            restored[index] = face
+    for crop, pixels in zip(crops, restored):
+        paste_back(output, crop, pixels)
     return output, len(crops), problems

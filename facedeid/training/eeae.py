@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import recorded_command, report_written, script_main
+from .runs import add_state_and_data_arguments, recorded_command, report_written, script_main
 
 DESCRIPTION = """\
 Train EEAE (seed 004) for one attribute set: the external autoencoder (Eq. 6; only when
@@ -72,15 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--external", type=Path, required=True,
                         help="external autoencoder checkpoint: read when it exists, else "
                              "trained first and written here")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="training state for --resume (default: OUT with .work.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue from --work")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder holding celeba-first10k/ and celeba-id200/ (default ../shared/data)")
-    parser.add_argument("--cache", type=Path, default=Path("runs/gen_crops"),
-                        help="aligned-crop cache (shared with the face generator)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N training crops: quick trials and tests")
+    add_state_and_data_arguments(parser)
     parser.add_argument("--external-minutes", type=float, default=6.0)
     parser.add_argument("--fsn-minutes", type=float, default=1.5)
     parser.add_argument("--prn-minutes", type=float, default=4.0)

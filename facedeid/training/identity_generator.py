@@ -120,17 +120,12 @@ def train(args: argparse.Namespace) -> dict:
                                      widths=generator.config.widths, identity_rank=args.rank,
                                      skip_levels=args.skip_levels)
     model = IdentityGenerator(config)
-    copied = model.start_from_face_generator(gen_encoder, generator)
-    space_stats = model.space.fit(descriptors)
-    print(json.dumps({"copied_from_face_generator": copied, "identity_space": space_stats}),
-          flush=True)
-    codes_all = model.space.encode(descriptors)
     critic = PatchDiscriminator(config.image_size)
     networks = [p for name, p in model.named_parameters() if not name.startswith("space.")]
     optimizer = torch.optim.Adam(networks, lr=args.lr, betas=(0.0, 0.999))
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, betas=(0.0, 0.999))
     step, history, spent = 0, [], 0.0
-    if args.resume:
+    if args.resume:  # the identity space comes back with the model: no second fit
         state = read_payload(work, WORK_FORMAT, "identity-generator training state",
                              "start without --resume")
         model.load_state_dict(state["model"])
@@ -138,8 +133,14 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         critic_optimizer.load_state_dict(state["critic_optimizer"])
         step, history, spent = state["step"], state["history"], state["seconds"]
+        space_stats = state.get("space_stats", {})
         rng = np.random.default_rng([args.seed, step])
-        codes_all = model.space.encode(descriptors)
+    else:
+        copied = model.start_from_face_generator(gen_encoder, generator)
+        space_stats = model.space.fit(descriptors)
+        print(json.dumps({"copied_from_face_generator": copied, "identity_space": space_stats}),
+              flush=True)
+    codes_all = model.space.encode(descriptors)
     pick = np.random.default_rng(0).permutation(len(held))[:32]
     held_faces = crops_to_tensor(held[pick])
     with torch.no_grad():
@@ -149,7 +150,7 @@ def train(args: argparse.Namespace) -> dict:
         save_payload(work, {"format": WORK_FORMAT, "step": step, "model": model.state_dict(),
                             "critic": critic.state_dict(), "optimizer": optimizer.state_dict(),
                             "critic_optimizer": critic_optimizer.state_dict(),
-                            "history": history, "seconds": spent})
+                            "history": history, "seconds": spent, "space_stats": space_stats})
 
     started = time.perf_counter() - spent
     progress = tqdm(total=args.steps, initial=step, desc="identity-generator", unit="step",

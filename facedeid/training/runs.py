@@ -16,11 +16,8 @@ def recorded_command(trainer: str) -> str:
     return f"facedeid train {trainer} " + " ".join(words)
 
 
-def add_generator_run_arguments(parser: argparse.ArgumentParser, generator_help: str) -> None:
-    """The options every trainer built on the face generator shares: the generator it starts
-    from, the output and resumable work state, and the data it reads."""
-    parser.add_argument("--generator", type=Path, required=True, help=generator_help)
-    parser.add_argument("--out", type=Path, required=True, help="fp16 checkpoint to write")
+def add_state_and_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The resumable work state and the data options every CelebA trainer shares."""
     parser.add_argument("--work", type=Path, default=None,
                         help="full training state for --resume (default: OUT with .work.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from --work")
@@ -29,7 +26,16 @@ def add_generator_run_arguments(parser: argparse.ArgumentParser, generator_help:
     parser.add_argument("--cache", type=Path, default=Path("runs/gen_crops"),
                         help="aligned-crop (and descriptor) cache, shared with the face generator")
     parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N training (and held-out) images: quick trials")
+                        help="use only the first N training (and held-out) images: quick trials "
+                             "and tests")
+
+
+def add_generator_run_arguments(parser: argparse.ArgumentParser, generator_help: str) -> None:
+    """The options every trainer built on the face generator shares: the generator it starts
+    from, the output, and :func:`add_state_and_data_arguments`."""
+    parser.add_argument("--generator", type=Path, required=True, help=generator_help)
+    parser.add_argument("--out", type=Path, required=True, help="fp16 checkpoint to write")
+    add_state_and_data_arguments(parser)
 
 
 def report_written(metrics: dict, path: Path) -> None:
