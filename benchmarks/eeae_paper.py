@@ -44,6 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import faces_per_second  # noqa: E402
+
 SETS = ("g", "s", "b", "y", "gs", "gsb", "gsbe")
 SINGLE, MULTI = SETS[:4], SETS[4:]
 KS = (2, 5, 10)
@@ -224,11 +226,8 @@ def speed() -> dict:
     for batch in (1, 32):
         for name, run in (("eeae", lambda b: eeae.anonymize(crops, b)),
                           ("private_encoder", lambda b: private_encoder.anonymize(crops, 0.2, b))):
-            run(batch)
-            started = time.perf_counter()
-            run(batch)
-            report[f"{name}_batch{batch}_faces_per_s"] = round(
-                len(crops) / (time.perf_counter() - started), 1)
+            report[f"{name}_batch{batch}_faces_per_s"] = faces_per_second(
+                lambda: run(batch), len(crops))
     report["load_after"] = os.getloadavg()
     return report
 

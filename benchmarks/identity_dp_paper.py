@@ -35,6 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import faces_per_second  # noqa: E402
+
 EPSILONS = (0.57, 1, 2, 6, 10, 100, 1000, 10000)
 INFINITE = 1e12  # no noise: the Stage I redraw
 LEVELS = ("low", "mid", "high")
@@ -379,11 +381,7 @@ def speed() -> dict:
         runs = {"identity_dp": lambda: redrawer.draw(redrawer.identity_codes(crops), wrapped),
                 "private_encoder": lambda: private.anonymize(crops, 0.2, batch)}
         for name, run in runs.items():
-            run()
-            started = time.perf_counter()
-            run()
-            report[f"{name}_batch{batch}_faces_per_s"] = round(
-                len(crops) / (time.perf_counter() - started), 1)
+            report[f"{name}_batch{batch}_faces_per_s"] = faces_per_second(run, len(crops))
     report["load_after"] = os.getloadavg()
     return report
 

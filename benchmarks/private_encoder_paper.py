@@ -37,6 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import faces_per_second  # noqa: E402
+
 BETAS = [round(0.1 * i, 1) for i in range(11)]
 BLUR_KERNELS = (9, 33, 61)
 MOSAIC_BLOCKS = (4, 8, 14)
@@ -267,11 +269,8 @@ def speed() -> dict:
     for batch in (1, 32):
         for name, run in (("private_encoder", lambda b: model.anonymize(crops, 0.2, b)),
                           ("qmvae", lambda b: qmvae.fuse(stacks, b))):
-            run(batch)  # warm-up
-            started = time.perf_counter()
-            run(batch)
-            report[f"{name}_batch{batch}_faces_per_s"] = round(
-                len(crops) / (time.perf_counter() - started), 1)
+            report[f"{name}_batch{batch}_faces_per_s"] = faces_per_second(
+                lambda: run(batch), len(crops))
     report["load_after"] = os.getloadavg()
     return report
 
